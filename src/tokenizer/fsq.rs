@@ -1,0 +1,226 @@
+//! Finite scalar quantisation with levels [8, 8, 8, 5, 5, 5]: 64,000 implicit codes.
+//!
+//! Matches the official quantizer bit for bit: the bound/round/index arithmetic runs in float32,
+//! rounding is half-to-even, channel 0 is the least significant digit, indices are 0..63999.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::config::FSQ_LEVELS;
+use super::{Result, TokenizerError};
+
+/// Number of FSQ dimensions (code channels).
+pub const FSQ_DIMS: usize = FSQ_LEVELS.len();
+/// Size of the implicit codebook.
+pub const CODEBOOK_SIZE: usize = 8 * 8 * 8 * 5 * 5 * 5;
+/// Mixed-radix place values of the digits.
+pub const BASIS: [i64; FSQ_DIMS] = [1, 8, 64, 512, 2560, 12800];
+
+struct Constants {
+    half_l: [f32; FSQ_DIMS],
+    offset: [f32; FSQ_DIMS],
+    shift: [f32; FSQ_DIMS],
+    half_width: [f32; FSQ_DIMS],
+}
+
+fn constants() -> Constants {
+    let mut c = Constants {
+        half_l: [0.0; FSQ_DIMS],
+        offset: [0.0; FSQ_DIMS],
+        shift: [0.0; FSQ_DIMS],
+        half_width: [0.0; FSQ_DIMS],
+    };
+    for (d, &levels) in FSQ_LEVELS.iter().enumerate() {
+        // float32 as in PyTorch: (L - 1) * (1 + 1e-3) / 2.
+        let half_l = (levels as f32 - 1.0) * (1.0 + 1e-3) / 2.0;
+        let offset = if levels % 2 == 0 { 0.5f32 } else { 0.0 };
+        if let (Some(h), Some(o), Some(s), Some(w)) = (
+            c.half_l.get_mut(d),
+            c.offset.get_mut(d),
+            c.shift.get_mut(d),
+            c.half_width.get_mut(d),
+        ) {
+            *h = half_l;
+            *o = offset;
+            *s = (offset / half_l).atanh();
+            *w = (levels / 2) as f32;
+        }
+    }
+    c
+}
+
+/// Bounded value of one FSQ input: `tanh(z + shift)·half_l − offset`, in quantizer units.
+pub fn bound(z: f32, dim: usize) -> f32 {
+    let c = constants();
+    let (h, o, s) = (
+        c.half_l.get(dim).copied().unwrap_or(1.0),
+        c.offset.get(dim).copied().unwrap_or(0.0),
+        c.shift.get(dim).copied().unwrap_or(0.0),
+    );
+    (z + s).tanh() * h - o
+}
+
+/// Digits (each in 0..L) of a codebook index.
+pub fn digits_from_index(index: i64) -> [i64; FSQ_DIMS] {
+    let mut digits = [0i64; FSQ_DIMS];
+    for ((digit, basis), levels) in digits.iter_mut().zip(BASIS).zip(FSQ_LEVELS) {
+        *digit = (index / basis) % levels as i64;
+    }
+    digits
+}
+
+/// Code values (each in [-1, 1]) of a codebook index.
+pub fn code_from_index(index: i64) -> [f32; FSQ_DIMS] {
+    let mut code = [0f32; FSQ_DIMS];
+    for ((value, digit), levels) in code.iter_mut().zip(digits_from_index(index)).zip(FSQ_LEVELS) {
+        let half = (levels / 2) as i64;
+        *value = (digit - half) as f32 / half as f32;
+    }
+    code
+}
+
+/// Codebook index of a code vector (values must be on the FSQ grid).
+pub fn index_from_code(code: &[f32; FSQ_DIMS]) -> i64 {
+    code.iter()
+        .zip(FSQ_LEVELS)
+        .zip(BASIS)
+        .map(|((&value, levels), basis)| {
+            let half = (levels / 2) as f32;
+            (value * half + half).round() as i64 * basis
+        })
+        .sum()
+}
+
+/// Quantises channel-first FSQ inputs (B, 6, ...) into `(indices (B, ...) i64, codes (B, 6, ...))`.
+/// Codes come back in `pre_quant`'s dtype on its device.
+pub fn quantize(pre_quant: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dims = pre_quant.dims().to_vec();
+    let (batch, channels) = match dims.as_slice() {
+        [b, c, ..] => (*b, *c),
+        _ => (0, 0),
+    };
+    if channels != FSQ_DIMS || dims.len() < 3 {
+        return Err(TokenizerError::InvalidInput(format!(
+            "FSQ expects (B, {FSQ_DIMS}, ...) inputs, got {dims:?}"
+        )));
+    }
+    let positions: usize = dims.iter().skip(2).product();
+    let values = pre_quant
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let c = constants();
+    let mut indices = vec![0i64; batch * positions];
+    let mut codes = vec![0f32; batch * FSQ_DIMS * positions];
+    for b in 0..batch {
+        for d in 0..FSQ_DIMS {
+            let (h, o, s, w) = (
+                c.half_l.get(d).copied().unwrap_or(1.0),
+                c.offset.get(d).copied().unwrap_or(0.0),
+                c.shift.get(d).copied().unwrap_or(0.0),
+                c.half_width.get(d).copied().unwrap_or(1.0),
+            );
+            let basis = BASIS.get(d).copied().unwrap_or(0);
+            let base = (b * FSQ_DIMS + d) * positions;
+            let (Some(src), Some(dst)) = (
+                values.get(base..base + positions),
+                codes.get_mut(base..base + positions),
+            ) else {
+                continue;
+            };
+            let index_row = indices.get_mut(b * positions..(b + 1) * positions);
+            let Some(index_row) = index_row else { continue };
+            for ((&z, code), index) in src.iter().zip(dst.iter_mut()).zip(index_row.iter_mut()) {
+                let bounded = (z + s).tanh() * h - o;
+                let q = bounded.round_ties_even();
+                *code = q / w;
+                *index += (q + w) as i64 * basis;
+            }
+        }
+    }
+    let mut index_dims = vec![batch];
+    index_dims.extend(dims.iter().skip(2));
+    let device = pre_quant.device();
+    let indices = Tensor::from_vec(indices, index_dims, device)?;
+    let codes = Tensor::from_vec(codes, dims, device)?.to_dtype(pre_quant.dtype())?;
+    Ok((indices, codes))
+}
+
+/// Turns indices (B, ...) of any integer dtype into channel-first codes (B, 6, ...).
+pub fn codes_from_indices(indices: &Tensor, dtype: DType) -> Result<Tensor> {
+    let dims = indices.dims().to_vec();
+    let batch = dims.first().copied().unwrap_or(0);
+    let positions: usize = dims.iter().skip(1).product();
+    let values = indices
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::I64)?
+        .flatten_all()?
+        .to_vec1::<i64>()?;
+    let mut codes = vec![0f32; batch * FSQ_DIMS * positions];
+    for (flat, &index) in values.iter().enumerate() {
+        if !(0..CODEBOOK_SIZE as i64).contains(&index) {
+            return Err(TokenizerError::InvalidInput(format!(
+                "token index {index} at position {flat} is outside the codebook 0..{}",
+                CODEBOOK_SIZE - 1
+            )));
+        }
+        let (b, p) = (flat / positions.max(1), flat % positions.max(1));
+        for (d, value) in code_from_index(index).into_iter().enumerate() {
+            if let Some(slot) = codes.get_mut((b * FSQ_DIMS + d) * positions + p) {
+                *slot = value;
+            }
+        }
+    }
+    let mut code_dims = vec![batch, FSQ_DIMS];
+    code_dims.extend(dims.iter().skip(1));
+    Ok(Tensor::from_vec(codes, code_dims, indices.device())?.to_dtype(dtype)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_index_round_trips_through_its_code() {
+        for index in 0..CODEBOOK_SIZE as i64 {
+            let code = code_from_index(index);
+            assert!(code.iter().all(|v| (-1.0..=1.0).contains(v)));
+            assert_eq!(index_from_code(&code), index);
+        }
+        let all: Vec<i64> = (0..CODEBOOK_SIZE as i64).collect();
+        let indices = Tensor::from_vec(all.clone(), (1, 250, 256), &Device::Cpu).unwrap();
+        let codes = codes_from_indices(&indices, DType::F32).unwrap();
+        // Feeding the exact codes back through the quantiser's inverse of `bound` must give the
+        // same indices: atanh maps each code back to an input that bounds onto it.
+        let c = constants();
+        let flat = codes.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let positions = CODEBOOK_SIZE;
+        let mut inputs = vec![0f32; flat.len()];
+        for d in 0..FSQ_DIMS {
+            for p in 0..positions {
+                let q = flat[d * positions + p] * c.half_width[d];
+                inputs[d * positions + p] = ((q + c.offset[d]) / c.half_l[d]).atanh() - c.shift[d];
+            }
+        }
+        let pre = Tensor::from_vec(inputs, (1, 6, 250, 256), &Device::Cpu).unwrap();
+        let (back, codes_again) = quantize(&pre).unwrap();
+        assert_eq!(back.flatten_all().unwrap().to_vec1::<i64>().unwrap(), all);
+        assert_eq!(
+            codes_again.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            codes.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn out_of_range_indices_are_rejected() {
+        let bad = Tensor::new(&[[0i64, 64000]], &Device::Cpu).unwrap();
+        let err = codes_from_indices(&bad, DType::F32).unwrap_err().to_string();
+        assert!(err.contains("64000"), "{err}");
+    }
+
+    #[test]
+    fn rounding_is_half_to_even() {
+        assert_eq!(2.5f32.round_ties_even(), 2.0);
+        assert_eq!((-0.5f32).round_ties_even(), -0.0);
+    }
+}

@@ -1,0 +1,297 @@
+//! A whole tokenizer: encoder + `quant_conv` (+ FSQ), `post_quant_conv` + decoder, built from
+//! a checkpoint, with the official tensor conventions at its boundary (channel-first,
+//! values in [-1, 1]).
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::NetworkConfig;
+use super::image::{Decoder2d, Encoder2d};
+use super::layers::Pointwise;
+use super::video::{Decoder3d, Encoder3d};
+use super::{fsq, haar, Result, TokenizerError};
+
+/// What an encoder produces.
+#[derive(Clone, Debug)]
+pub enum Tokens {
+    /// (B, 16, [t,] h, w) latent of a continuous tokenizer.
+    Continuous { latent: Tensor },
+    /// Discrete tokens: indices (B, [t,] h, w) in 0..64000 (i64) and their codes (B, 6, [t,] h, w).
+    Discrete { indices: Tensor, codes: Tensor },
+}
+
+impl Tokens {
+    /// The tensor the decoder consumes (the latent, or the codes).
+    pub fn decoder_input(&self) -> &Tensor {
+        match self {
+            Tokens::Continuous { latent } => latent,
+            Tokens::Discrete { codes, .. } => codes,
+        }
+    }
+
+    /// (t, h, w) of the token grid (t = 1 for images).
+    pub fn grid(&self) -> (usize, usize, usize) {
+        let dims = self.decoder_input().dims();
+        match dims {
+            [_, _, t, h, w] => (*t, *h, *w),
+            [_, _, h, w] => (1, *h, *w),
+            _ => (0, 0, 0),
+        }
+    }
+}
+
+/// Intermediate tensors of one encode pass, in the official layout (for parity checks and the UI).
+#[derive(Clone, Debug)]
+pub struct EncodeTrace {
+    pub patcher_out: Tensor,
+    pub encoder_out: Tensor,
+    /// `quant_conv` output: the latent (continuous) or the FSQ input `pre_quant` (discrete).
+    pub quant_conv_out: Tensor,
+    pub tokens: Tokens,
+}
+
+/// Intermediate tensors of one decode pass, in the official layout.
+#[derive(Clone, Debug)]
+pub struct DecodeTrace {
+    pub decoder_in: Tensor,
+    pub unpatcher_in: Tensor,
+    pub reconstruction: Tensor,
+}
+
+#[derive(Clone, Debug)]
+enum EncoderNet {
+    Image(Encoder2d),
+    Video(Encoder3d),
+}
+
+#[derive(Clone, Debug)]
+enum DecoderNet {
+    Image(Decoder2d),
+    Video(Decoder3d),
+}
+
+/// Haar taps stored in the checkpoint's `wavelets` buffers (absent in safetensors files).
+#[derive(Clone, Copy, Debug)]
+pub struct HaarTaps {
+    pub encoder: f32,
+    pub decoder: f32,
+}
+
+impl Default for HaarTaps {
+    fn default() -> Self {
+        Self {
+            encoder: haar::HAAR_TAP_F32,
+            decoder: haar::HAAR_TAP_F32,
+        }
+    }
+}
+
+/// A Cosmos tokenizer ready to run. Either half may be absent (e.g. only `decoder.jit` given).
+#[derive(Clone, Debug)]
+pub struct Tokenizer {
+    config: NetworkConfig,
+    encoder: Option<(EncoderNet, Pointwise)>,
+    decoder: Option<(Pointwise, DecoderNet)>,
+    device: Device,
+    dtype: DType,
+}
+
+impl Tokenizer {
+    /// Builds the halves whose weights `vb` holds. `vb` is rooted at the checkpoint's top level
+    /// (`encoder.*`, `quant_conv.*`, `post_quant_conv.*`, `decoder.*`).
+    pub fn new(
+        config: &NetworkConfig,
+        taps: HaarTaps,
+        build_encoder: bool,
+        build_decoder: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let video = config.family.is_video();
+        let new_pointwise = |i, o, vb: VarBuilder| {
+            if video {
+                Pointwise::new_3d(i, o, vb)
+            } else {
+                Pointwise::new_2d(i, o, vb)
+            }
+        };
+        let encoder = if build_encoder {
+            let net = if video {
+                EncoderNet::Video(Encoder3d::new(config, taps.encoder, vb.pp("encoder"))?)
+            } else {
+                EncoderNet::Image(Encoder2d::new(config, taps.encoder, vb.pp("encoder"))?)
+            };
+            let quant_conv =
+                new_pointwise(config.z_channels, config.latent_channels, vb.pp("quant_conv"))?;
+            Some((net, quant_conv))
+        } else {
+            None
+        };
+        let decoder = if build_decoder {
+            let post_quant_conv =
+                new_pointwise(config.latent_channels, config.z_channels, vb.pp("post_quant_conv"))?;
+            let net = if video {
+                DecoderNet::Video(Decoder3d::new(config, taps.decoder, vb.pp("decoder"))?)
+            } else {
+                DecoderNet::Image(Decoder2d::new(config, taps.decoder, vb.pp("decoder"))?)
+            };
+            Some((post_quant_conv, net))
+        } else {
+            None
+        };
+        Ok(Self {
+            config: config.clone(),
+            encoder,
+            decoder,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn has_encoder(&self) -> bool {
+        self.encoder.is_some()
+    }
+
+    pub fn has_decoder(&self) -> bool {
+        self.decoder.is_some()
+    }
+
+    /// Checks a channel-first input's shape against what this network accepts.
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
+        let video = self.config.family.is_video();
+        let (frames, height, width) = match (x.dims(), video) {
+            ([_, 3, t, h, w], true) => (*t, *h, *w),
+            ([_, 3, h, w], false) => (1, *h, *w),
+            (dims, true) => {
+                return Err(TokenizerError::InvalidInput(format!(
+                    "video tokenizers take (B, 3, T, H, W) inputs, got {dims:?}"
+                )))
+            }
+            (dims, false) => {
+                return Err(TokenizerError::InvalidInput(format!(
+                    "image tokenizers take (B, 3, H, W) inputs, got {dims:?}"
+                )))
+            }
+        };
+        self.config.check_input_size(frames, height, width)
+    }
+
+    /// Encodes a channel-first input in [-1, 1] and keeps every intermediate tensor.
+    pub fn encode_traced(&self, x: &Tensor) -> Result<EncodeTrace> {
+        let Some((net, quant_conv)) = &self.encoder else {
+            return Err(TokenizerError::InvalidInput(
+                "this checkpoint has no encoder (only decoder weights were loaded)".into(),
+            ));
+        };
+        self.check_input(x)?;
+        let x = x.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let (patcher_out, encoder_out, quant_conv_out) = match net {
+            EncoderNet::Image(enc) => {
+                let patched = enc.patch(&x)?;
+                let encoded = enc.forward_patched(&patched)?;
+                let latent = quant_conv.forward_at(&encoded, 1)?;
+                (patched, encoded, latent)
+            }
+            EncoderNet::Video(enc) => {
+                let patched = enc.patch(&haar::frames_from_channels(&x)?)?;
+                let encoded = enc.forward_patched(&patched)?;
+                let latent = quant_conv.forward_at(&encoded, 2)?;
+                (
+                    haar::channels_from_frames(&patched)?,
+                    haar::channels_from_frames(&encoded)?,
+                    haar::channels_from_frames(&latent)?,
+                )
+            }
+        };
+        let tokens = if self.config.family.is_discrete() {
+            let (indices, codes) = fsq::quantize(&quant_conv_out)?;
+            Tokens::Discrete { indices, codes }
+        } else {
+            Tokens::Continuous {
+                latent: quant_conv_out.clone(),
+            }
+        };
+        Ok(EncodeTrace {
+            patcher_out,
+            encoder_out,
+            quant_conv_out,
+            tokens,
+        })
+    }
+
+    pub fn encode(&self, x: &Tensor) -> Result<Tokens> {
+        Ok(self.encode_traced(x)?.tokens)
+    }
+
+    /// Rebuilds tokens from stored indices (discrete) or a latent (continuous).
+    pub fn tokens_from_tensor(&self, tensor: &Tensor) -> Result<Tokens> {
+        if self.config.family.is_discrete() {
+            let codes = fsq::codes_from_indices(tensor, self.dtype)?.to_device(&self.device)?;
+            Ok(Tokens::Discrete {
+                indices: tensor.to_dtype(DType::I64)?,
+                codes,
+            })
+        } else {
+            Ok(Tokens::Continuous {
+                latent: tensor.to_device(&self.device)?.to_dtype(self.dtype)?,
+            })
+        }
+    }
+
+    /// Decodes tokens and keeps the intermediate tensors.
+    pub fn decode_traced(&self, tokens: &Tokens) -> Result<DecodeTrace> {
+        let Some((post_quant_conv, net)) = &self.decoder else {
+            return Err(TokenizerError::InvalidInput(
+                "this checkpoint has no decoder (only encoder weights were loaded)".into(),
+            ));
+        };
+        let z = tokens.decoder_input().to_device(&self.device)?.to_dtype(self.dtype)?;
+        let want_channels = self.config.latent_channels;
+        let rank = if self.config.family.is_video() { 5 } else { 4 };
+        if z.rank() != rank || z.dim(1)? != want_channels {
+            return Err(TokenizerError::InvalidInput(format!(
+                "the decoder expects tokens of shape (B, {want_channels}, {}), got {:?}",
+                if rank == 5 { "t, h, w" } else { "h, w" },
+                z.dims()
+            )));
+        }
+        match net {
+            DecoderNet::Image(dec) => {
+                let decoder_in = post_quant_conv.forward_at(&z, 1)?;
+                let unpatcher_in = dec.forward_to_patches(&decoder_in)?;
+                let reconstruction = dec.unpatch(&unpatcher_in)?;
+                Ok(DecodeTrace {
+                    decoder_in,
+                    unpatcher_in,
+                    reconstruction,
+                })
+            }
+            DecoderNet::Video(dec) => {
+                let z = haar::frames_from_channels(&z)?;
+                let decoder_in = post_quant_conv.forward_at(&z, 2)?;
+                let unpatcher_in = dec.forward_to_patches(&decoder_in)?;
+                let reconstruction = dec.unpatch(&unpatcher_in)?;
+                Ok(DecodeTrace {
+                    decoder_in: haar::channels_from_frames(&decoder_in)?,
+                    unpatcher_in: haar::channels_from_frames(&unpatcher_in)?,
+                    reconstruction: haar::channels_from_frames(&reconstruction)?,
+                })
+            }
+        }
+    }
+
+    pub fn decode(&self, tokens: &Tokens) -> Result<Tensor> {
+        Ok(self.decode_traced(tokens)?.reconstruction)
+    }
+}
