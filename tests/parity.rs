@@ -82,3 +82,76 @@ parity! {
     ci16x16_lowres => "CI16x16-LowRes-tiny",
     dv4x8x8_lowres => "DV4x8x8-LowRes-tiny",
 }
+
+/// NVIDIA ships bf16 archives; a float32 port reading them must reproduce `f32_from_bf16/*`,
+/// which only holds with the stored Haar tap 0.70703125 (checked on `patcher_out`).
+#[test]
+fn bf16_archives_match_their_float32_upcast() {
+    for name in ["CV8x8x8-tiny", "DI8x8-tiny"] {
+        let dir = model_dir(name).join("bf16");
+        let io = load_io(&dir.join("io.safetensors"));
+        let parent = load_io(&model_dir(name).join("io.safetensors"));
+        let input = parent.get("input").unwrap();
+        let get = |k: &str| io.get(&format!("f32_from_bf16/{k}")).unwrap_or_else(|| panic!("{name}: no {k}"));
+        for path in [dir.clone(), dir.join("autoencoder.jit")] {
+            let loaded = checkpoint::load(&path, &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(loaded.stored_dtype, candle_core::DType::BF16, "{name}: stored dtype");
+            assert_eq!(loaded.haar_taps.encoder, 0.70703125, "{name}: tap from the bf16 buffer");
+            let model = &loaded.tokenizer;
+            let trace = model.encode_traced(input).unwrap();
+            assert_close(&format!("{name} bf16 patcher_out"), &trace.patcher_out, get("patcher_out"));
+            assert_close(&format!("{name} bf16 encoder_out"), &trace.encoder_out, get("encoder_out"));
+            let tokens = match &trace.tokens {
+                Tokens::Continuous { latent } => {
+                    assert_close(&format!("{name} bf16 latent"), latent, get("latent"));
+                    trace.tokens.clone()
+                }
+                Tokens::Discrete { indices, codes } => {
+                    assert_close(&format!("{name} bf16 pre_quant"), &trace.quant_conv_out, get("pre_quant"));
+                    assert_exact_i64(&format!("{name} bf16 indices"), indices, get("indices"));
+                    assert_close(&format!("{name} bf16 codes"), codes, get("codes"));
+                    model.tokens_from_tensor(get("indices")).unwrap()
+                }
+            };
+            let decoded = model.decode_traced(&tokens).unwrap();
+            assert_close(&format!("{name} bf16 decoder_in"), &decoded.decoder_in, get("decoder_in"));
+            assert_close(&format!("{name} bf16 reconstruction"), &decoded.reconstruction, get("reconstruction"));
+        }
+    }
+}
+
+/// diffusers' AutoencoderKLCosmos copy of CV8x8x8-tiny loads under the official names and gives
+/// the official outputs (diffusers itself differs from the golden by float32 rounding only).
+#[test]
+fn diffusers_format_loads_and_matches() {
+    let dir = model_dir("CV8x8x8-tiny").join("diffusers");
+    let io = load_io(&dir.join("io.safetensors"));
+    let parent = load_io(&model_dir("CV8x8x8-tiny").join("io.safetensors"));
+    let loaded = checkpoint::load(&dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.form, CheckpointForm::Diffusers);
+    let model = &loaded.tokenizer;
+    let tokens = model.encode(parent.get("input").unwrap()).unwrap();
+    let Tokens::Continuous { latent } = &tokens else { panic!("CV is continuous") };
+    assert_close("diffusers latent", latent, io.get("latent").unwrap());
+    assert_close("diffusers latent vs official", latent, parent.get("latent").unwrap());
+    let recon = model.decode(&tokens).unwrap();
+    assert_close("diffusers reconstruction", &recon, io.get("reconstruction").unwrap());
+    assert_close("diffusers reconstruction vs official", &recon, parent.get("reconstruction").unwrap());
+}
+
+/// Every official key maps to the diffusers name the converter wrote, and back.
+#[test]
+fn diffusers_key_mapping_inverts_the_converter() {
+    let text = std::fs::read_to_string(model_dir("CV8x8x8-tiny").join("diffusers/key_mapping.json")).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut checked = 0;
+    for entry in value["mapping"].as_array().unwrap() {
+        let official = entry["official_key"].as_str().unwrap();
+        let diffusers = entry["diffusers_key"].as_str().or(entry["would_be_diffusers_key"].as_str());
+        if let Some(d) = diffusers {
+            assert_eq!(tokenscope::tokenizer::checkpoint::diffusers::official_key_from_diffusers(d, 3), official);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 238, "only {checked} keys checked");
+}

@@ -7,6 +7,7 @@ pub mod haar;
 pub mod image;
 pub mod layers;
 pub mod model;
+pub mod runner;
 mod ops;
 
 pub mod video;

@@ -304,7 +304,7 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
 pub fn load_weights(origin: &Path, weights: Weights, options: &LoadOptions) -> Result<LoadedModel> {
     let (mut config, config_source, variant_name) = resolve_config(origin, &weights, options)?;
     let mut notes = Vec::new();
-    reconcile_levels(&mut config, &weights.tensors, &mut notes);
+    reconcile_structure(&mut config, &weights.tensors, &mut notes);
     config.check()?;
     let has_encoder = weights.tensors.keys().any(|k| k.starts_with("encoder."));
     let has_decoder = weights.tensors.keys().any(|k| k.starts_with("decoder."));
@@ -421,10 +421,45 @@ fn level_mults(tensors: &HashMap<String, Tensor>, prefix: &str, channels: usize,
         .collect()
 }
 
-/// The checkpoint's own level structure wins over the configuration (the released CV4x8x8 files
-/// and the official 0.1 class disagree about it); say so when it changes anything.
-fn reconcile_levels(config: &mut NetworkConfig, tensors: &HashMap<String, Tensor>, notes: &mut Vec<String>) {
+/// The checkpoint's own structure (widths, levels, blocks per level) wins over the configuration:
+/// the released CV4x8x8 files and the official 0.1 class disagree about the levels, and a name in a
+/// path says which compression a model has, not how wide it is. Every change is noted.
+fn reconcile_structure(config: &mut NetworkConfig, tensors: &HashMap<String, Tensor>, notes: &mut Vec<String>) {
     let video = config.family.is_video();
+    let conv_in = if video { "encoder.conv_in.0.conv3d.weight" } else { "encoder.conv_in.weight" };
+    if let Some(channels) = shape_of(tensors, conv_in).and_then(|s| s.first().copied()) {
+        if channels != config.channels {
+            notes.push(format!(
+                "the checkpoint's base width is {channels}, the configuration said {}; using the checkpoint's",
+                config.channels
+            ));
+            config.channels = channels;
+        }
+    }
+    let blocks = (0..)
+        .take_while(|b| tensors.keys().any(|k| k.starts_with(&format!("encoder.down.0.block.{b}."))))
+        .count();
+    if blocks > 0 && blocks != config.num_res_blocks {
+        notes.push(format!(
+            "the checkpoint has {blocks} residual blocks per encoder level, the configuration said {}; using the checkpoint's",
+            config.num_res_blocks
+        ));
+        config.num_res_blocks = blocks;
+    }
+    let conv_out = if video { "encoder.conv_out.0.conv3d.weight" } else { "encoder.conv_out.weight" };
+    let post_quant = if video { "post_quant_conv.conv3d.weight" } else { "post_quant_conv.weight" };
+    let z_channels = shape_of(tensors, conv_out)
+        .and_then(|s| s.first().copied())
+        .or_else(|| shape_of(tensors, post_quant).and_then(|s| s.first().copied()));
+    if let Some(z) = z_channels {
+        if z != config.z_channels {
+            notes.push(format!(
+                "the checkpoint's z_channels is {z}, the configuration said {}; using the checkpoint's",
+                config.z_channels
+            ));
+            config.z_channels = z;
+        }
+    }
     let encoder = level_mults(tensors, "encoder.down", config.channels, video);
     let decoder = level_mults(tensors, "decoder.up", config.channels, video);
     if !encoder.is_empty() && encoder != config.channels_mult {

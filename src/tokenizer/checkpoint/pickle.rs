@@ -766,7 +766,7 @@ impl<'a> Vm<'a> {
     fn resolve_global(&self, module: &str, name: &str) -> Result<Global> {
         let offset = self.op_pos as u64;
         let disallowed = || PickleError::DisallowedGlobal {
-            global: format!("{module} {name}"),
+            global: format!("{module}.{name}"),
             offset,
         };
         match (module, name) {
