@@ -1,1 +1,8 @@
+//! Tokenscope: inspect NVIDIA's Cosmos visual tokenizers.
+//!
+//! Data flows one way: media is decoded, tokenized by [`tokenizer`], measured and shown.
+
+pub mod cli;
+pub mod device;
+pub mod io;
 pub mod tokenizer;

@@ -342,6 +342,29 @@ fn reconstruct_tiled(
     tiling: Tiling,
     cancel: &AtomicBool,
 ) -> Result<(RgbFrames, f64, f64)> {
+    let video = model.config().family.is_video();
+    let (mut encode_seconds, mut decode_seconds) = (0.0, 0.0);
+    let blended = blend_tiles(padded, tiling, cancel, &mut |tile_clip| {
+        let x = tensor_from_rgb(tile_clip, video, model.device(), model.dtype())?;
+        let started = std::time::Instant::now();
+        let tokens = model.encode(&x)?;
+        encode_seconds += started.elapsed().as_secs_f64();
+        let started = std::time::Instant::now();
+        let recon = model.decode(&tokens)?;
+        decode_seconds += started.elapsed().as_secs_f64();
+        Ok(recon)
+    })?;
+    Ok((blended, encode_seconds, decode_seconds))
+}
+
+/// Splits frames into overlapping tiles, runs `run_tile` on each (returning a [-1, 1] tensor in
+/// the layout [`tensor_from_rgb`] makes) and blends the results with linear ramps in the overlaps.
+pub fn blend_tiles(
+    padded: &RgbFrames,
+    tiling: Tiling,
+    cancel: &AtomicBool,
+    run_tile: &mut dyn FnMut(&RgbFrames) -> Result<Tensor>,
+) -> Result<RgbFrames> {
     let round = |n: usize| n.div_ceil(SPATIAL_ALIGN) * SPATIAL_ALIGN;
     let tile = round(tiling.tile.max(SPATIAL_ALIGN));
     let overlap = round(tiling.overlap).min(tile / 2);
@@ -351,8 +374,6 @@ fn reconstruct_tiled(
     let cols = tile_starts(w, tw, overlap);
     let mut sum = vec![0f32; t * h * w * 3];
     let mut weight = vec![0f32; h * w];
-    let video = model.config().family.is_video();
-    let (mut encode_seconds, mut decode_seconds) = (0.0, 0.0);
     for (ri, &y0) in rows.iter().enumerate() {
         for (ci, &x0) in cols.iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
@@ -370,13 +391,7 @@ fn reconstruct_tiled(
                 }
             }
             let tile_clip = RgbFrames::new(t, th, tw, data)?;
-            let x = tensor_from_rgb(&tile_clip, video, model.device(), model.dtype())?;
-            let started = std::time::Instant::now();
-            let tokens = model.encode(&x)?;
-            encode_seconds += started.elapsed().as_secs_f64();
-            let started = std::time::Instant::now();
-            let recon = model.decode(&tokens)?;
-            decode_seconds += started.elapsed().as_secs_f64();
+            let recon = run_tile(&tile_clip)?;
             // Blend in float [-1, 1] space so overlapping tiles average before rounding.
             let recon = match recon.dims() {
                 [1, 3, _, _, _] => recon.squeeze(0)?.permute((1, 0, 2, 3))?,
@@ -419,7 +434,7 @@ fn reconstruct_tiled(
         let x = acc / weight.get(pixel).copied().unwrap_or(1.0).max(1e-6);
         data.push(((x + 1.0) / 2.0).clamp(0.0, 1.0).mul_add(255.0, 0.5).floor() as u8);
     }
-    Ok((RgbFrames::new(t, h, w, data)?, encode_seconds, decode_seconds))
+    RgbFrames::new(t, h, w, data)
 }
 
 #[cfg(test)]
@@ -466,6 +481,23 @@ mod tests {
     fn windows_are_non_overlapping() {
         assert_eq!(windows(40, 17, true), vec![(0, 17), (17, 17), (34, 6)]);
         assert_eq!(windows(3, 17, false), vec![(0, 1), (1, 1), (2, 1)]);
+    }
+
+    #[test]
+    fn blending_identity_tiles_reproduces_the_frame_exactly() {
+        let data: Vec<u8> = (0..3 * 80 * 112 * 3).map(|i| (i * 7919 % 256) as u8).collect();
+        let clip = RgbFrames::new(3, 80, 112, data).unwrap();
+        for (video, tile, overlap) in [(true, 32, 16), (false, 48, 16), (true, 64, 0)] {
+            let cancel = AtomicBool::new(false);
+            let mut tiles = 0;
+            let out = blend_tiles(&clip, Tiling { tile, overlap }, &cancel, &mut |c| {
+                tiles += 1;
+                tensor_from_rgb(c, video, &Device::Cpu, DType::F32)
+            })
+            .unwrap();
+            assert!(tiles > 1);
+            assert_eq!(out, clip, "tile {tile} overlap {overlap}");
+        }
     }
 
     #[test]

@@ -376,7 +376,7 @@ fn resolve_config(
         return Ok((variant.config, ConfigSource::Flag(name.clone()), variant.name.to_string()));
     }
     if let Some(config) = &weights.config {
-        let name = released_name_of(config).unwrap_or_else(|| "custom".to_string());
+        let name = released_name_of(config).unwrap_or_else(|| custom_name(config));
         return Ok((config.clone(), ConfigSource::ConfigJson, name));
     }
     let path_text = origin.canonicalize().unwrap_or_else(|_| origin.to_path_buf());
@@ -388,8 +388,20 @@ fn resolve_config(
         ));
     }
     let config = infer_config(origin, &weights.tensors)?;
-    let name = released_name_of(&config).unwrap_or_else(|| "custom".to_string());
+    let name = released_name_of(&config).unwrap_or_else(|| custom_name(&config));
     Ok((config, ConfigSource::Inferred, name))
+}
+
+/// `CV4x8x8-custom`: the compression a custom configuration shares with the released variants.
+fn custom_name(config: &NetworkConfig) -> String {
+    let s = config.spatial_compression;
+    let rate = if config.family.is_video() {
+        format!("{}x{s}x{s}", config.temporal_compression)
+    } else {
+        format!("{s}x{s}")
+    };
+    let lowres = if config.patch_size == 2 { "-LowRes" } else { "" };
+    format!("{}{rate}{lowres}-custom", config.family.name())
 }
 
 /// The released variant whose configuration equals `config`, if any.

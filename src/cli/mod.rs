@@ -1,0 +1,115 @@
+//! The command line: one file per subcommand. Errors are reported once, by `main`.
+
+mod bench;
+mod info;
+mod tensors;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::device::{self, DTypeChoice, DeviceChoice};
+use crate::tokenizer::checkpoint::{self, LoadOptions, LoadedModel};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tokenscope",
+    version,
+    about = "See what NVIDIA's Cosmos tokenizers do to images and videos",
+    long_about = "Runs the Cosmos tokenizers (CI, DI, CV, DV) in Rust from the official checkpoint files \
+                  and shows or measures what they do."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Encode a tensor file (`input`, f32, (B,3,H,W) or (B,3,T,H,W) in [-1,1]) into tokens.
+    Encode(tensors::EncodeArgs),
+    /// Decode tokens (`latent`, or `indices`) into a `reconstruction`.
+    Decode(tensors::DecodeArgs),
+    /// Encode and decode; writes the tokens and the `reconstruction` to one file.
+    Reconstruct(tensors::EncodeArgs),
+    /// Describe a checkpoint: variant, family, compression, parameters, file form, unused keys.
+    Info(info::InfoArgs),
+    /// List every released variant Tokenscope knows, with its compression and Hugging Face repos.
+    Variants,
+    /// Time encode and decode of a full-size network with random weights.
+    Bench(bench::BenchArgs),
+}
+
+/// Which checkpoint, and where to run it.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Checkpoint folder (encoder.jit + decoder.jit, autoencoder.jit, model.safetensors, diffusers)
+    /// or a single .jit / .safetensors file.
+    #[arg(long, short = 'm')]
+    pub model: PathBuf,
+    /// Variant name or Hugging Face repo id (e.g. CV8x8x8, nvidia/Cosmos-Tokenize1-DV8x16x16-720p);
+    /// by default taken from config.json, the path, or the tensor shapes.
+    #[arg(long)]
+    pub variant: Option<String>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct ComputeArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Compute precision (auto: f32 on the CPU, bf16 on CUDA).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dtype: DTypeChoice,
+}
+
+impl ComputeArgs {
+    pub fn resolve(&self) -> anyhow::Result<(candle_core::Device, candle_core::DType)> {
+        let device = device::select_device(self.device)?;
+        let dtype = device::select_dtype(self.dtype, &device)?;
+        Ok((device, dtype))
+    }
+}
+
+impl ModelArgs {
+    /// Loads the checkpoint and prints the loader's notes to stderr.
+    pub fn load(&self) -> anyhow::Result<LoadedModel> {
+        let (device, dtype) = self.compute.resolve()?;
+        let options = LoadOptions {
+            variant: self.variant.clone(),
+            device,
+            dtype,
+        };
+        let loaded = checkpoint::load(&self.model, &options)
+            .with_context(|| format!("loading `{}`", self.model.display()))?;
+        eprintln!(
+            "model: {} ({}) from {} [{}], variant from {}",
+            loaded.variant_name,
+            loaded.tokenizer.config().family.describe(),
+            self.model.display(),
+            loaded.form.describe(),
+            loaded.config_source
+        );
+        for note in &loaded.notes {
+            eprintln!("note: {note}");
+        }
+        Ok(loaded)
+    }
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Encode(args) => tensors::encode(&args, false),
+        Command::Reconstruct(args) => tensors::encode(&args, true),
+        Command::Decode(args) => tensors::decode(&args),
+        Command::Info(args) => info::run(&args),
+        Command::Variants => {
+            info::list_variants();
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(&args),
+    }
+}

@@ -1,0 +1,117 @@
+//! `encode`, `decode`, `reconstruct` on safetensors tensor files (no padding: raw network I/O).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+
+use super::ModelArgs;
+use crate::io::{ensure_not_input, save_safetensors};
+use crate::tokenizer::Tokens;
+
+#[derive(Args, Debug)]
+pub struct EncodeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// safetensors file holding `input`.
+    input: PathBuf,
+    /// Output safetensors file.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct DecodeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// safetensors file holding `latent` (continuous) or `indices` (discrete), as `encode` writes.
+    tokens: PathBuf,
+    /// Output safetensors file.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+fn read_tensors(path: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading tensors from `{}`", path.display()))
+}
+
+fn metadata(loaded: &crate::tokenizer::checkpoint::LoadedModel, source: &Path) -> HashMap<String, String> {
+    let cfg = loaded.tokenizer.config();
+    HashMap::from([
+        ("variant".to_string(), loaded.variant_name.clone()),
+        ("family".to_string(), cfg.family.name().to_string()),
+        ("source".to_string(), source.display().to_string()),
+        ("producer".to_string(), format!("tokenscope {}", env!("CARGO_PKG_VERSION"))),
+    ])
+}
+
+pub fn encode(args: &EncodeArgs, reconstruct: bool) -> anyhow::Result<()> {
+    ensure_not_input(&args.output, &[&args.input, &args.model.model])?;
+    let tensors = read_tensors(&args.input)?;
+    let Some(input) = tensors.get("input") else {
+        bail!(
+            "`{}` has no tensor named `input` (found: {})",
+            args.input.display(),
+            tensors.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    };
+    if input.dtype() != DType::F32 {
+        bail!("`input` must be float32, got {:?}", input.dtype());
+    }
+    let loaded = args.model.load()?;
+    let model = &loaded.tokenizer;
+    let started = std::time::Instant::now();
+    let tokens = model.encode(input)?;
+    eprintln!("encoded {:?} in {:.3} s", input.dims(), started.elapsed().as_secs_f64());
+    let mut outputs: Vec<(&str, Tensor)> = match &tokens {
+        Tokens::Continuous { latent } => vec![("latent", latent.to_dtype(DType::F32)?)],
+        Tokens::Discrete { indices, codes } => vec![
+            ("indices", indices.to_dtype(DType::I64)?),
+            ("codes", codes.to_dtype(DType::F32)?),
+        ],
+    };
+    if reconstruct {
+        let started = std::time::Instant::now();
+        let reconstruction = model.decode(&tokens)?;
+        eprintln!("decoded in {:.3} s", started.elapsed().as_secs_f64());
+        outputs.push(("reconstruction", reconstruction.to_dtype(DType::F32)?));
+    }
+    let refs: Vec<(&str, &Tensor)> = outputs.iter().map(|(n, t)| (*n, t)).collect();
+    save_safetensors(&args.output, &refs, metadata(&loaded, &args.input))?;
+    for (name, tensor) in &outputs {
+        println!("{name}: {:?} {:?}", tensor.dims(), tensor.dtype());
+    }
+    println!("wrote {}", args.output.display());
+    Ok(())
+}
+
+pub fn decode(args: &DecodeArgs) -> anyhow::Result<()> {
+    ensure_not_input(&args.output, &[&args.tokens, &args.model.model])?;
+    let tensors = read_tensors(&args.tokens)?;
+    let loaded = args.model.load()?;
+    let model = &loaded.tokenizer;
+    let wanted = if model.config().family.is_discrete() { "indices" } else { "latent" };
+    let Some(source) = tensors.get(wanted) else {
+        bail!(
+            "`{}` has no `{wanted}` tensor, which a {} tokenizer decodes (found: {})",
+            args.tokens.display(),
+            model.config().family.describe(),
+            tensors.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    };
+    let tokens = model.tokens_from_tensor(source)?;
+    let started = std::time::Instant::now();
+    let reconstruction = model.decode(&tokens)?.to_dtype(DType::F32)?;
+    eprintln!("decoded in {:.3} s", started.elapsed().as_secs_f64());
+    save_safetensors(
+        &args.output,
+        &[("reconstruction", &reconstruction)],
+        metadata(&loaded, &args.tokens),
+    )?;
+    println!("reconstruction: {:?}", reconstruction.dims());
+    println!("wrote {}", args.output.display());
+    Ok(())
+}
