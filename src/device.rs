@@ -3,7 +3,9 @@
 use candle_core::{DType, Device};
 
 /// `--device`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum DeviceChoice {
     /// CUDA when built with it and a GPU is present, else the CPU.
     Auto,
@@ -12,7 +14,9 @@ pub enum DeviceChoice {
 }
 
 /// `--dtype`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum DTypeChoice {
     /// float32 on the CPU, bfloat16 on CUDA (what NVIDIA runs).
     Auto,

@@ -31,7 +31,10 @@ pub fn ensure_not_input(output: &Path, inputs: &[&Path]) -> Result<(), WriteErro
 
 /// A temporary path in the same folder as `target`, so the final rename is atomic.
 pub fn temp_path_for(target: &Path) -> PathBuf {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = format!(".{name}.{}.tmp", std::process::id());
     target.with_file_name(tmp)
 }
@@ -77,7 +80,11 @@ pub fn save_safetensors(
         owned.push((name.to_string(), cpu));
     }
     write_atomically(target, |tmp| {
-        safetensors::serialize_to_file(owned.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), tmp)
-            .map_err(|e| e.to_string())
+        safetensors::serialize_to_file(
+            owned.iter().map(|(n, t)| (n.as_str(), t)),
+            Some(metadata),
+            tmp,
+        )
+        .map_err(|e| e.to_string())
     })
 }

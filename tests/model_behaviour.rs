@@ -12,8 +12,11 @@ use tokenscope::tokenizer::runner::{self, RgbFrames, RunOptions, Tiling};
 use tokenscope::tokenizer::TokenizerError;
 
 fn load(name: &str) -> checkpoint::LoadedModel {
-    checkpoint::load(&model_dir(name).join("model.safetensors"), &LoadOptions::default())
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    checkpoint::load(
+        &model_dir(name).join("model.safetensors"),
+        &LoadOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// The `quant_conv` output: the latent, or the FSQ input (which moves even when no code flips).
@@ -24,7 +27,12 @@ fn latent_of(model: &tokenscope::tokenizer::Tokenizer, x: &Tensor) -> Tensor {
 /// Changing frame t must leave every latent frame that only sees frames < t unchanged.
 #[test]
 fn video_encoder_is_causal() {
-    for name in ["CV8x8x8-tiny", "CV4x8x8-tiny", "DV8x16x16-tiny", "DV4x8x8-LowRes-tiny"] {
+    for name in [
+        "CV8x8x8-tiny",
+        "CV4x8x8-tiny",
+        "DV8x16x16-tiny",
+        "DV4x8x8-LowRes-tiny",
+    ] {
         let model = load(name).tokenizer;
         let tc = model.config().temporal_compression;
         let x = Tensor::rand(-1f32, 1f32, (1, 3, 17, 32, 32), &Device::Cpu).unwrap();
@@ -40,8 +48,16 @@ fn video_encoder_is_causal() {
         let unchanged = base.i((.., .., 0..2)).unwrap();
         let (err, _) = compare(&moved.i((.., .., 0..2)).unwrap(), &unchanged, 0.0, 1.0);
         assert_eq!(err, 0.0, "{name}: earlier latent frames changed by {err}");
-        let (err_later, _) = compare(&moved.i((.., .., 2..)).unwrap(), &base.i((.., .., 2..)).unwrap(), 0.0, 1.0);
-        assert!(err_later > 1e-4, "{name}: the changed frame had no effect at all");
+        let (err_later, _) = compare(
+            &moved.i((.., .., 2..)).unwrap(),
+            &base.i((.., .., 2..)).unwrap(),
+            0.0,
+            1.0,
+        );
+        assert!(
+            err_later > 1e-4,
+            "{name}: the changed frame had no effect at all"
+        );
     }
 }
 
@@ -50,7 +66,9 @@ fn test_clip(frames: usize, height: usize, width: usize) -> RgbFrames {
     for t in 0..frames {
         for y in 0..height {
             for x in 0..width {
-                let v = |k: usize| (((x * (3 + k) + y * (5 + k) + t * 7) as f64 / 9.0).sin() * 100.0 + 128.0) as u8;
+                let v = |k: usize| {
+                    (((x * (3 + k) + y * (5 + k) + t * 7) as f64 / 9.0).sin() * 100.0 + 128.0) as u8
+                };
                 data.extend_from_slice(&[v(0), v(1), v(2)]);
             }
         }
@@ -65,8 +83,22 @@ fn wrapper_handles_odd_sizes_and_windows() {
     let clip = test_clip(20, 37, 50);
     let cancel = AtomicBool::new(false);
     let mut calls = Vec::new();
-    let result = runner::reconstruct(&model, &clip, &RunOptions::default(), &cancel, &mut |d, n| calls.push((d, n))).unwrap();
-    assert_eq!((result.reconstruction.frames, result.reconstruction.height, result.reconstruction.width), (20, 37, 50));
+    let result = runner::reconstruct(
+        &model,
+        &clip,
+        &RunOptions::default(),
+        &cancel,
+        &mut |d, n| calls.push((d, n)),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            result.reconstruction.frames,
+            result.reconstruction.height,
+            result.reconstruction.width
+        ),
+        (20, 37, 50)
+    );
     assert_eq!(result.windows.len(), 2);
     assert_eq!(calls, vec![(1, 2), (2, 2)]);
     let second = &result.windows[1];
@@ -83,7 +115,14 @@ fn wrapper_handles_odd_sizes_and_windows() {
 fn cancelling_stops_the_run() {
     let model = load("CI8x8-tiny").tokenizer;
     let cancel = AtomicBool::new(true);
-    let err = runner::reconstruct(&model, &test_clip(2, 16, 16), &RunOptions::default(), &cancel, &mut |_, _| {}).unwrap_err();
+    let err = runner::reconstruct(
+        &model,
+        &test_clip(2, 16, 16),
+        &RunOptions::default(),
+        &cancel,
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(matches!(err, TokenizerError::Cancelled));
 }
 
@@ -94,8 +133,21 @@ fn tiling_stays_close_to_untiled() {
         let model = load(name).tokenizer;
         let clip = test_clip(if name.starts_with("CV") { 9 } else { 1 }, 96, 128);
         let cancel = AtomicBool::new(false);
-        let whole = runner::reconstruct(&model, &clip, &RunOptions::default(), &cancel, &mut |_, _| {}).unwrap();
-        let options = RunOptions { tiling: Some(Tiling { tile: 64, overlap: 32 }), ..RunOptions::default() };
+        let whole = runner::reconstruct(
+            &model,
+            &clip,
+            &RunOptions::default(),
+            &cancel,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let options = RunOptions {
+            tiling: Some(Tiling {
+                tile: 64,
+                overlap: 32,
+            }),
+            ..RunOptions::default()
+        };
         let tiled = runner::reconstruct(&model, &clip, &options, &cancel, &mut |_, _| {}).unwrap();
         assert!(tiled.windows.iter().all(|w| w.tokens.is_none()));
         let diff: Vec<f64> = whole
@@ -116,20 +168,31 @@ fn tiling_stays_close_to_untiled() {
             .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
             .sum::<f64>()
             / diff.len() as f64;
-        assert!(mean < 0.75 * own_error, "{name}: tiled differs by {mean:.2}, the model's own error is {own_error:.2}");
-        assert!(diff.iter().any(|d| *d > 0.0), "{name}: tiling changed nothing, so it was not exercised");
+        assert!(
+            mean < 0.75 * own_error,
+            "{name}: tiled differs by {mean:.2}, the model's own error is {own_error:.2}"
+        );
+        assert!(
+            diff.iter().any(|d| *d > 0.0),
+            "{name}: tiling changed nothing, so it was not exercised"
+        );
     }
 }
 
 #[test]
 fn invalid_input_sizes_are_clear_errors() {
     let video = load("CV8x8x8-tiny").tokenizer;
-    let bad_frames = Tensor::zeros((1, 3, 10, 64, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let bad_frames =
+        Tensor::zeros((1, 3, 10, 64, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
     let err = video.encode(&bad_frames).unwrap_err().to_string();
     assert!(err.contains("1 + k*8") && err.contains("10"), "{err}");
-    let bad_size = Tensor::zeros((1, 3, 17, 60, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let bad_size =
+        Tensor::zeros((1, 3, 17, 60, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
     let err = video.encode(&bad_size).unwrap_err().to_string();
-    assert!(err.contains("multiples of 8") && err.contains("60x64"), "{err}");
+    assert!(
+        err.contains("multiples of 8") && err.contains("60x64"),
+        "{err}"
+    );
     let image = load("CI16x16-tiny").tokenizer;
     let err = image.encode(&bad_frames).unwrap_err().to_string();
     assert!(err.contains("(B, 3, H, W)"), "{err}");
@@ -137,13 +200,32 @@ fn invalid_input_sizes_are_clear_errors() {
 
 #[test]
 fn wrong_variant_names_the_key_and_both_shapes() {
-    let options = LoadOptions { variant: Some("DV8x16x16".into()), ..LoadOptions::default() };
-    let err = checkpoint::load(&model_dir("CV8x8x8-tiny").join("model.safetensors"), &options).unwrap_err();
+    let options = LoadOptions {
+        variant: Some("DV8x16x16".into()),
+        ..LoadOptions::default()
+    };
+    let err = checkpoint::load(
+        &model_dir("CV8x8x8-tiny").join("model.safetensors"),
+        &options,
+    )
+    .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, TokenizerError::WrongShape { .. }), "{text}");
-    assert!(text.contains("quant_conv.conv3d.weight") && text.contains("[6, 16, 1, 1, 1]") && text.contains("[16, 16, 1, 1, 1]"), "{text}");
-    let options = LoadOptions { variant: Some("CI8x8".into()), ..LoadOptions::default() };
-    let err = checkpoint::load(&model_dir("CV8x8x8-tiny").join("model.safetensors"), &options).unwrap_err();
+    assert!(
+        text.contains("quant_conv.conv3d.weight")
+            && text.contains("[6, 16, 1, 1, 1]")
+            && text.contains("[16, 16, 1, 1, 1]"),
+        "{text}"
+    );
+    let options = LoadOptions {
+        variant: Some("CI8x8".into()),
+        ..LoadOptions::default()
+    };
+    let err = checkpoint::load(
+        &model_dir("CV8x8x8-tiny").join("model.safetensors"),
+        &options,
+    )
+    .unwrap_err();
     assert!(matches!(err, TokenizerError::MissingKey { .. }), "{err}");
     assert!(err.to_string().contains("encoder.conv_in.weight"), "{err}");
 }
@@ -151,12 +233,25 @@ fn wrong_variant_names_the_key_and_both_shapes() {
 #[test]
 fn missing_tensor_is_named() {
     let dir = tempdir();
-    let mut tensors = candle_core::safetensors::load(model_dir("DI8x8-tiny").join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut tensors = candle_core::safetensors::load(
+        model_dir("DI8x8-tiny").join("model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     tensors.remove("decoder.mid.attn_1.q.weight");
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    std::fs::copy(model_dir("DI8x8-tiny").join("config.json"), dir.join("config.json")).unwrap();
-    let err = checkpoint::load(&dir, &LoadOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("decoder.mid.attn_1.q.weight") && err.contains("[32, 32, 1, 1]"), "{err}");
+    std::fs::copy(
+        model_dir("DI8x8-tiny").join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    let err = checkpoint::load(&dir, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("decoder.mid.attn_1.q.weight") && err.contains("[32, 32, 1, 1]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -171,9 +266,16 @@ fn corrupt_and_truncated_archives_are_clear_errors() {
     }
     let path = dir.join("model.safetensors");
     std::fs::write(&path, b"not a safetensors file").unwrap();
-    let err = checkpoint::load(&path, &LoadOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("safetensors"), "{err}");
-    let err = checkpoint::load(&dir.join("nothing-here"), &LoadOptions::default()).unwrap_err().to_string();
+    let err = checkpoint::load(&path, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("safetensors"),
+        "{err}"
+    );
+    let err = checkpoint::load(&dir.join("nothing-here"), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no such file"), "{err}");
 }
 
@@ -186,24 +288,46 @@ fn variant_is_taken_from_config_path_or_shapes() {
     assert_eq!(loaded.variant_name, "DV4x8x8-custom");
     // Inferred from shapes: a bare file in a folder without config.json or a variant name.
     let dir = tempdir();
-    std::fs::copy(model_dir("CI16x16-tiny").join("model.safetensors"), dir.join("weights.safetensors")).unwrap();
-    let loaded = checkpoint::load(&dir.join("weights.safetensors"), &LoadOptions::default()).unwrap();
+    std::fs::copy(
+        model_dir("CI16x16-tiny").join("model.safetensors"),
+        dir.join("weights.safetensors"),
+    )
+    .unwrap();
+    let loaded =
+        checkpoint::load(&dir.join("weights.safetensors"), &LoadOptions::default()).unwrap();
     assert_eq!(loaded.config_source, ConfigSource::Inferred);
     assert_eq!(loaded.tokenizer.config().spatial_compression, 16);
     // The CV4x8x8 reference has a [2, 4, 4] encoder and a [2, 4] decoder: the checkpoint wins
     // over the built-in (released) [2, 4] configuration, and the loader says so.
-    let options = LoadOptions { variant: Some("CV4x8x8".into()), ..LoadOptions::default() };
-    let loaded = checkpoint::load(&model_dir("CV4x8x8-tiny").join("model.safetensors"), &options).unwrap();
+    let options = LoadOptions {
+        variant: Some("CV4x8x8".into()),
+        ..LoadOptions::default()
+    };
+    let loaded = checkpoint::load(
+        &model_dir("CV4x8x8-tiny").join("model.safetensors"),
+        &options,
+    )
+    .unwrap();
     assert_eq!(loaded.tokenizer.config().channels_mult, vec![2, 4, 4]);
     assert_eq!(loaded.tokenizer.config().decoder_channels_mult, vec![2, 4]);
-    assert!(loaded.notes.iter().any(|n| n.contains("encoder has channels_mult [2, 4, 4]")), "{:?}", loaded.notes);
+    assert!(
+        loaded
+            .notes
+            .iter()
+            .any(|n| n.contains("encoder has channels_mult [2, 4, 4]")),
+        "{:?}",
+        loaded.notes
+    );
 }
 
 fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "tokenscope-test-{}-{}",
         std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -131,7 +131,10 @@ fn load_config(model_dir: &Path) -> serde_json::Value {
 }
 
 /// The constant buffers this archive should hold (name -> (shape, dtype)), from config.json.
-fn expected_buffers(config: &serde_json::Value, archive: &str) -> HashMap<String, (Vec<usize>, DType)> {
+fn expected_buffers(
+    config: &serde_json::Value,
+    archive: &str,
+) -> HashMap<String, (Vec<usize>, DType)> {
     let buffers = config["non_persistent_buffers_not_in_model_safetensors"]
         .as_object()
         .expect("buffer list in config.json");
@@ -220,9 +223,16 @@ fn f32_archives_match_model_safetensors() {
                 assert_eq!(t.tensor.dtype(), *dtype, "{what}: `{}`", t.name);
             }
             for name in buffers.keys() {
-                assert!(map.contains_key(name.as_str()), "{what}: buffer `{name}` missing");
+                assert!(
+                    map.contains_key(name.as_str()),
+                    "{what}: buffer `{name}` missing"
+                );
             }
-            assert_eq!(checked + buffers.len(), tensors.len(), "{what}: tensor count");
+            assert_eq!(
+                checked + buffers.len(),
+                tensors.len(),
+                "{what}: tensor count"
+            );
 
             if is_discrete(model) {
                 let prefix = quantizer_prefix(archive);
@@ -451,8 +461,12 @@ fn detects_torchscript_archives() {
             let path = dir.join(model).join(archive);
             assert!(is_torchscript_archive(&path), "{}", path.display());
         }
-        assert!(!is_torchscript_archive(&dir.join(model).join("model.safetensors")));
-        assert!(!is_torchscript_archive(&dir.join(model).join("config.json")));
+        assert!(!is_torchscript_archive(
+            &dir.join(model).join("model.safetensors")
+        ));
+        assert!(!is_torchscript_archive(
+            &dir.join(model).join("config.json")
+        ));
     }
     assert!(!is_torchscript_archive(&dir.join("README.md")));
     assert!(!is_torchscript_archive(&dir.join("does-not-exist.jit")));
@@ -476,8 +490,8 @@ fn detects_torchscript_archives() {
 
 fn build_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, data) in entries {
         writer.start_file(*name, options).expect("start_file");
         writer.write_all(data).expect("write");
@@ -552,7 +566,6 @@ impl Pickle {
     }
     /// `_rebuild_tensor_v2(('storage', torch.<class>, key, 'cpu', numel), offset, size, stride,
     /// False, OrderedDict())`.
-    #[allow(clippy::too_many_arguments)]
     fn tensor(
         &mut self,
         class: &str,
@@ -592,16 +605,19 @@ fn f32_storage(values: &[f32]) -> Vec<u8> {
 fn tiny_archive() -> Vec<u8> {
     let mut p = Pickle::new();
     p.module_start("Root");
-    p.str("plain").tensor("FloatStorage", "0", 6, 0, &[2, 3], &[3, 1]);
+    p.str("plain")
+        .tensor("FloatStorage", "0", 6, 0, &[2, 3], &[3, 1]);
     p.str("child").module_start("Child");
     p.str("transposed")
         .tensor("FloatStorage", "0", 6, 0, &[3, 2], &[1, 3]);
-    p.str("strided").tensor("FloatStorage", "0", 6, 2, &[2], &[2]);
+    p.str("strided")
+        .tensor("FloatStorage", "0", 6, 2, &[2], &[2]);
     p.module_end();
     p.str("broadcast")
         .tensor("FloatStorage", "0", 6, 1, &[2, 2], &[0, 1]);
     p.str("scalar").tensor("FloatStorage", "0", 6, 5, &[], &[]);
-    p.str("empty").tensor("FloatStorage", "0", 6, 0, &[0, 3], &[3, 1]);
+    p.str("empty")
+        .tensor("FloatStorage", "0", 6, 0, &[0, 3], &[3, 1]);
     p.str("ints").tensor("IntStorage", "1", 3, 0, &[3], &[1]);
     p.module_end();
     let pkl = p.finish();
@@ -638,7 +654,10 @@ fn views_of_a_shared_storage_are_materialised_correctly() {
         v2("child.transposed"),
         vec![vec![0.0, 3.0], vec![1.0, 4.0], vec![2.0, 5.0]]
     );
-    assert_eq!(map["child.strided"].to_vec1::<f32>().unwrap(), vec![2.0, 4.0]);
+    assert_eq!(
+        map["child.strided"].to_vec1::<f32>().unwrap(),
+        vec![2.0, 4.0]
+    );
     assert_eq!(v2("broadcast"), vec![vec![1.0, 2.0], vec![1.0, 2.0]]);
     assert_eq!(map["scalar"].dims(), &[] as &[usize]);
     assert_eq!(map["scalar"].to_scalar::<f32>().unwrap(), 5.0);
@@ -653,7 +672,9 @@ fn views_of_a_shared_storage_are_materialised_correctly() {
 
 /// Runs the reader, proving it does not panic; returns its result.
 fn no_panic(bytes: &[u8], what: &str) -> Result<Vec<ArchiveTensor>, TorchScriptError> {
-    match catch_unwind(AssertUnwindSafe(|| read_torchscript_bytes(bytes, "test.jit"))) {
+    match catch_unwind(AssertUnwindSafe(|| {
+        read_torchscript_bytes(bytes, "test.jit")
+    })) {
         Ok(result) => result,
         Err(_) => panic!("the reader panicked on {what}"),
     }
@@ -664,7 +685,10 @@ fn expect_err(bytes: &[u8], what: &str) -> String {
         Ok(t) => panic!("{what}: expected an error, got {} tensors", t.len()),
         Err(e) => {
             let msg = e.to_string();
-            assert!(msg.contains("`test.jit`"), "{what}: message lacks the file name: {msg}");
+            assert!(
+                msg.contains("`test.jit`"),
+                "{what}: message lacks the file name: {msg}"
+            );
             msg
         }
     }
@@ -741,9 +765,25 @@ fn truncated_files_are_rejected() {
     let original = reference_archive("CV8x8x8-tiny/autoencoder.jit");
     let len = original.len();
     let mut cuts: Vec<usize> = (0..40).map(|i| i * len / 40).collect();
-    cuts.extend([1, 2, 3, 4, 21, 22, 100, len - 100, len - 23, len - 22, len - 21, len - 1]);
+    cuts.extend([
+        1,
+        2,
+        3,
+        4,
+        21,
+        22,
+        100,
+        len - 100,
+        len - 23,
+        len - 22,
+        len - 21,
+        len - 1,
+    ]);
     for cut in cuts {
-        let msg = expect_err(&original[..cut], &format!("a copy cut at {cut} of {len} bytes"));
+        let msg = expect_err(
+            &original[..cut],
+            &format!("a copy cut at {cut} of {len} bytes"),
+        );
         assert!(!msg.is_empty());
     }
 }
@@ -777,7 +817,11 @@ fn truncated_entries_are_rejected() {
         .expect("a storage");
     let short = big_data.len() / 3;
     let bytes = rezip(&entries, |name, d| {
-        Some(if name == big_name { d[..short].to_vec() } else { d.to_vec() })
+        Some(if name == big_name {
+            d[..short].to_vec()
+        } else {
+            d.to_vec()
+        })
     });
     let msg = expect_err(&bytes, "a short storage");
     let storage = big_name.split_once('/').map(|(_, r)| r).unwrap_or_default();
@@ -834,7 +878,10 @@ fn corrupted_data_pkl_never_panics() {
         }
     }
     // Most flips hit structure; a few only rename something or change a flag.
-    assert!(errors > runs / 2, "only {errors} of {runs} corrupted copies were rejected");
+    assert!(
+        errors > runs / 2,
+        "only {errors} of {runs} corrupted copies were rejected"
+    );
 }
 
 #[test]
@@ -873,13 +920,19 @@ fn non_archives_are_rejected() {
     assert!(msg.contains("empty"), "{msg}");
     let msg = expect_err(b"hello, world\n", "a text file");
     assert!(msg.contains("not a TorchScript archive"), "{msg}");
-    let msg = expect_err(&reference_archive("CI8x8-tiny/model.safetensors"), "safetensors");
+    let msg = expect_err(
+        &reference_archive("CI8x8-tiny/model.safetensors"),
+        "safetensors",
+    );
     assert!(msg.contains("not a TorchScript archive"), "{msg}");
 
     let empty = TempFile::new("empty-file.jit", b"");
     let err = read_torchscript(&empty.0).expect_err("empty file");
     let msg = err.to_string();
-    assert!(msg.contains(&empty.0.display().to_string()) && msg.contains("empty"), "{msg}");
+    assert!(
+        msg.contains(&empty.0.display().to_string()) && msg.contains("empty"),
+        "{msg}"
+    );
     let missing = reference_dir().join("no-such-file.jit");
     let err = read_torchscript(&missing).expect_err("missing file");
     assert!(matches!(err, TorchScriptError::Io { .. }), "{err}");
@@ -891,11 +944,16 @@ fn non_archives_are_rejected() {
 fn zips_without_exactly_one_data_pkl_are_rejected() {
     let msg = expect_err(&build_zip(&[("archive/version", b"4\n")]), "no data.pkl");
     assert!(
-        msg.contains("is not a TorchScript archive (no `*/data.pkl` entry); expected a file saved \
-                      with torch.jit.save"),
+        msg.contains(
+            "is not a TorchScript archive (no `*/data.pkl` entry); expected a file saved \
+                      with torch.jit.save"
+        ),
         "{msg}"
     );
-    let msg = expect_err(&build_zip(&[("data.pkl", b"\x80\x02}.")]), "data.pkl at top level");
+    let msg = expect_err(
+        &build_zip(&[("data.pkl", b"\x80\x02}.")]),
+        "data.pkl at top level",
+    );
     assert!(msg.contains("no `*/data.pkl`"), "{msg}");
     let pkl = Pickle::new().module_start("M").module_end().finish();
     let two = build_zip(&[
@@ -907,7 +965,9 @@ fn zips_without_exactly_one_data_pkl_are_rejected() {
     assert!(msg.contains("2 `*/data.pkl` entries"), "{msg}");
     // One is fine, whatever the folder is called; a module without tensors gives no tensors.
     let one = ts_zip(&pkl, &[]);
-    assert!(no_panic(&one, "an empty module").expect("empty module").is_empty());
+    assert!(no_panic(&one, "an empty module")
+        .expect("empty module")
+        .is_empty());
 }
 
 fn pickle_err(pkl: &[u8], what: &str) -> String {
@@ -918,9 +978,15 @@ fn pickle_err(pkl: &[u8], what: &str) -> String {
 fn disallowed_globals_are_refused_without_executing() {
     // os.system('touch pwned') via GLOBAL + REDUCE.
     let mut p = Pickle::new();
-    p.global("os", "system").str("touch pwned").op(0x85).op(b'R');
+    p.global("os", "system")
+        .str("touch pwned")
+        .op(0x85)
+        .op(b'R');
     let msg = pickle_err(&p.finish(), "os.system");
-    assert!(msg.contains("`os.system`") && msg.contains("at byte 2"), "{msg}");
+    assert!(
+        msg.contains("`os.system`") && msg.contains("at byte 2"),
+        "{msg}"
+    );
     assert!(msg.contains("refuses"), "{msg}");
 
     for (module, name) in [
@@ -934,7 +1000,10 @@ fn disallowed_globals_are_refused_without_executing() {
         ("__torch__x", "Foo"),
     ] {
         let mut p = Pickle::new();
-        p.module_start("Root").str("x").global(module, name).module_end();
+        p.module_start("Root")
+            .str("x")
+            .global(module, name)
+            .module_end();
         let msg = pickle_err(&p.finish(), &format!("{module} {name}"));
         assert!(msg.contains("refuses"), "{module} {name}: {msg}");
     }
@@ -943,7 +1012,10 @@ fn disallowed_globals_are_refused_without_executing() {
     let mut p = Pickle::new();
     p.str("os").str("system").op(0x93);
     let msg = pickle_err(&p.finish(), "STACK_GLOBAL");
-    assert!(msg.contains("STACK_GLOBAL") && msg.contains("0x93"), "{msg}");
+    assert!(
+        msg.contains("STACK_GLOBAL") && msg.contains("0x93"),
+        "{msg}"
+    );
     let mut p = Pickle::new();
     p.op(b'(').op(b'i');
     p.0.extend_from_slice(b"os\nsystem\n");
@@ -952,7 +1024,10 @@ fn disallowed_globals_are_refused_without_executing() {
 
     // Allowed globals used the wrong way are refused too.
     let mut p = Pickle::new();
-    p.global("collections", "OrderedDict").str("x").op(0x85).op(b'R');
+    p.global("collections", "OrderedDict")
+        .str("x")
+        .op(0x85)
+        .op(b'R');
     let msg = pickle_err(&p.finish(), "OrderedDict('x')");
     assert!(msg.contains("REDUCE"), "{msg}");
     let mut p = Pickle::new();
@@ -962,7 +1037,9 @@ fn disallowed_globals_are_refused_without_executing() {
 
     // A storage class with no candle dtype.
     let mut p = Pickle::new();
-    p.module_start("Root").str("w").tensor("CharStorage", "0", 4, 0, &[4], &[1]);
+    p.module_start("Root")
+        .str("w")
+        .tensor("CharStorage", "0", 4, 0, &[4], &[1]);
     let msg = pickle_err(&p.module_end().finish(), "int8 storage");
     assert!(msg.contains("torch.CharStorage"), "{msg}");
 }
@@ -977,16 +1054,52 @@ fn hostile_pickles_are_bounded() {
         p.module_end().finish()
     };
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("huge numel", one_tensor(&[1 << 20, 1 << 20], &[1 << 20, 1], 0, 16), "safety limit"),
-        ("overflowing numel", one_tensor(&[i64::MAX, i64::MAX], &[1, 1], 0, 16), "safety limit"),
+        (
+            "huge numel",
+            one_tensor(&[1 << 20, 1 << 20], &[1 << 20, 1], 0, 16),
+            "safety limit",
+        ),
+        (
+            "overflowing numel",
+            one_tensor(&[i64::MAX, i64::MAX], &[1, 1], 0, 16),
+            "safety limit",
+        ),
         ("negative size", one_tensor(&[-1], &[1], 0, 16), "negative"),
-        ("negative stride", one_tensor(&[4], &[-1], 0, 16), "negative"),
-        ("negative offset", one_tensor(&[4], &[1], -3, 16), "negative"),
-        ("view past storage", one_tensor(&[4, 4], &[4, 1], 1, 16), "only 16 elements"),
-        ("overflowing view", one_tensor(&[3], &[i64::MAX], i64::MAX, 16), "overflow"),
-        ("rank mismatch", one_tensor(&[4], &[1, 1], 0, 16), "different lengths"),
-        ("short storage", one_tensor(&[4, 8], &[8, 1], 0, 32), "truncated"),
-        ("huge storage", one_tensor(&[4], &[1], 0, 1 << 40), "safety limit"),
+        (
+            "negative stride",
+            one_tensor(&[4], &[-1], 0, 16),
+            "negative",
+        ),
+        (
+            "negative offset",
+            one_tensor(&[4], &[1], -3, 16),
+            "negative",
+        ),
+        (
+            "view past storage",
+            one_tensor(&[4, 4], &[4, 1], 1, 16),
+            "only 16 elements",
+        ),
+        (
+            "overflowing view",
+            one_tensor(&[3], &[i64::MAX], i64::MAX, 16),
+            "overflow",
+        ),
+        (
+            "rank mismatch",
+            one_tensor(&[4], &[1, 1], 0, 16),
+            "different lengths",
+        ),
+        (
+            "short storage",
+            one_tensor(&[4, 8], &[8, 1], 0, 32),
+            "truncated",
+        ),
+        (
+            "huge storage",
+            one_tensor(&[4], &[1], 0, 1 << 40),
+            "safety limit",
+        ),
         (
             "huge broadcast",
             one_tensor(&[1 << 17, 1 << 17], &[0, 0], 0, 16),
@@ -1007,7 +1120,13 @@ fn hostile_pickles_are_bounded() {
 
     // A module containing itself: recursion is bounded.
     let mut p = Pickle::new();
-    p.global("__torch__.m", "M").op(b')').op(0x81).op(b'q').op(0).op(b'}').op(b'(');
+    p.global("__torch__.m", "M")
+        .op(b')')
+        .op(0x81)
+        .op(b'q')
+        .op(0)
+        .op(b'}')
+        .op(b'(');
     p.str("me").op(b'h').op(0).op(b'u').op(b'b');
     let msg = pickle_err(&p.finish(), "a cycle");
     assert!(msg.contains("nesting depth"), "{msg}");
@@ -1054,23 +1173,83 @@ fn hostile_pickles_are_bounded() {
     // Assorted malformed streams.
     let malformed: Vec<(&str, Vec<u8>, &str)> = vec![
         ("no STOP", vec![0x80, 2, b'N'], "truncated"),
-        ("pop from empty stack", vec![0x80, 2, b'.'], "stack underflow"),
+        (
+            "pop from empty stack",
+            vec![0x80, 2, b'.'],
+            "stack underflow",
+        ),
         ("missing memo", vec![0x80, 2, b'h', 7, b'.'], "memo entry 7"),
-        ("missing memo (long)", vec![0x80, 2, b'j', 1, 2, 3, 4, b'.'], "memo entry"),
-        ("TUPLE without MARK", vec![0x80, 2, b'N', b't', b'.'], "no MARK"),
-        ("pop below MARK", vec![0x80, 2, b'N', b'(', 0x85, b'.'], "stack underflow"),
-        ("odd SETITEMS", vec![0x80, 2, b'}', b'(', b'N', b'u', b'.'], "odd number"),
-        ("SETITEM on a tuple", vec![0x80, 2, b')', b'N', b'N', b's', b'.'], "not a dict"),
-        ("APPEND to a dict", vec![0x80, 2, b'}', b'N', b'a', b'.'], "not a list"),
-        ("BUILD on None", vec![0x80, 2, b'N', b'}', b'b', b'.'], "only TorchScript modules"),
+        (
+            "missing memo (long)",
+            vec![0x80, 2, b'j', 1, 2, 3, 4, b'.'],
+            "memo entry",
+        ),
+        (
+            "TUPLE without MARK",
+            vec![0x80, 2, b'N', b't', b'.'],
+            "no MARK",
+        ),
+        (
+            "pop below MARK",
+            vec![0x80, 2, b'N', b'(', 0x85, b'.'],
+            "stack underflow",
+        ),
+        (
+            "odd SETITEMS",
+            vec![0x80, 2, b'}', b'(', b'N', b'u', b'.'],
+            "odd number",
+        ),
+        (
+            "SETITEM on a tuple",
+            vec![0x80, 2, b')', b'N', b'N', b's', b'.'],
+            "not a dict",
+        ),
+        (
+            "APPEND to a dict",
+            vec![0x80, 2, b'}', b'N', b'a', b'.'],
+            "not a list",
+        ),
+        (
+            "BUILD on None",
+            vec![0x80, 2, b'N', b'}', b'b', b'.'],
+            "only TorchScript modules",
+        ),
         ("protocol 9", vec![0x80, 9, b'N', b'.'], "protocol 9"),
-        ("long LONG1", vec![0x80, 2, 0x8a, 9, 1, 1, 1, 1, 1, 1, 1, 1, 1, b'.'], "64 bits"),
-        ("bad UTF-8", vec![0x80, 2, 0x8c, 2, 0xff, 0xfe, b'.'], "UTF-8"),
-        ("unterminated GLOBAL", vec![0x80, 2, b'c', b'o', b's'], "truncated"),
-        ("root is None", vec![0x80, 2, b'N', b'.'], "not a TorchScript module"),
-        ("root is a dict", vec![0x80, 2, b'}', b'.'], "torch.save checkpoint"),
-        ("persid not a tuple", vec![0x80, 2, b'N', b'Q', b'.'], "invalid storage id"),
-        ("FRAME too long", vec![0x80, 4, 0x95, 0xff, 0, 0, 0, 0, 0, 0, 0, b'.'], "truncated"),
+        (
+            "long LONG1",
+            vec![0x80, 2, 0x8a, 9, 1, 1, 1, 1, 1, 1, 1, 1, 1, b'.'],
+            "64 bits",
+        ),
+        (
+            "bad UTF-8",
+            vec![0x80, 2, 0x8c, 2, 0xff, 0xfe, b'.'],
+            "UTF-8",
+        ),
+        (
+            "unterminated GLOBAL",
+            vec![0x80, 2, b'c', b'o', b's'],
+            "truncated",
+        ),
+        (
+            "root is None",
+            vec![0x80, 2, b'N', b'.'],
+            "not a TorchScript module",
+        ),
+        (
+            "root is a dict",
+            vec![0x80, 2, b'}', b'.'],
+            "torch.save checkpoint",
+        ),
+        (
+            "persid not a tuple",
+            vec![0x80, 2, b'N', b'Q', b'.'],
+            "invalid storage id",
+        ),
+        (
+            "FRAME too long",
+            vec![0x80, 4, 0x95, 0xff, 0, 0, 0, 0, 0, 0, 0, b'.'],
+            "truncated",
+        ),
         ("opcode 0xff", vec![0x80, 2, 0xff], "0xff"),
     ];
     for (what, pkl, needle) in malformed {
@@ -1093,14 +1272,21 @@ fn hostile_pickles_are_bounded() {
     let msg = pickle_err(&p.module_end().finish(), "a path-like key");
     assert!(msg.contains("not a plain file name"), "{msg}");
     let mut p = Pickle::new();
-    p.module_start("Root").str("a.b").tensor("FloatStorage", "0", 16, 0, &[1], &[1]);
-    p.str("a").module_start("A").str("b").tensor("FloatStorage", "0", 16, 0, &[1], &[1]);
+    p.module_start("Root")
+        .str("a.b")
+        .tensor("FloatStorage", "0", 16, 0, &[1], &[1]);
+    p.str("a")
+        .module_start("A")
+        .str("b")
+        .tensor("FloatStorage", "0", 16, 0, &[1], &[1]);
     p.module_end().module_end();
     let msg = pickle_err(&p.finish(), "a duplicate name");
     assert!(msg.contains("two tensors have this name"), "{msg}");
     // One storage key with two dtypes.
     let mut p = Pickle::new();
-    p.module_start("Root").str("a").tensor("FloatStorage", "0", 16, 0, &[1], &[1]);
+    p.module_start("Root")
+        .str("a")
+        .tensor("FloatStorage", "0", 16, 0, &[1], &[1]);
     p.str("b").tensor("IntStorage", "0", 16, 0, &[1], &[1]);
     let msg = pickle_err(&p.module_end().finish(), "a storage with two dtypes");
     assert!(msg.contains("IntStorage"), "{msg}");
@@ -1127,7 +1313,10 @@ fn duplicate_keys_follow_python_dict_semantics() {
     p.str("v").tensor("FloatStorage", "0", 4, 1, &[1], &[1]);
     p.str("w").tensor("FloatStorage", "0", 4, 2, &[1], &[1]);
     p.module_end();
-    let bytes = ts_zip(&p.finish(), &[("0", f32_storage(&[10.0, 11.0, 12.0, 13.0]))]);
+    let bytes = ts_zip(
+        &p.finish(),
+        &[("0", f32_storage(&[10.0, 11.0, 12.0, 13.0]))],
+    );
     let tensors = no_panic(&bytes, "duplicate keys").expect("duplicate keys");
     let got: Vec<(&str, Vec<f32>)> = tensors
         .iter()
@@ -1143,10 +1332,16 @@ fn messages_name_the_file_and_the_problem() {
     let err = read_torchscript(&path).expect_err("not an archive");
     let msg = err.to_string();
     assert!(
-        msg.starts_with(&format!("`{}` is not a TorchScript archive", path.display())),
+        msg.starts_with(&format!(
+            "`{}` is not a TorchScript archive",
+            path.display()
+        )),
         "{msg}"
     );
-    assert!(msg.ends_with("expected a file saved with torch.jit.save"), "{msg}");
+    assert!(
+        msg.ends_with("expected a file saved with torch.jit.save"),
+        "{msg}"
+    );
     let names: HashSet<String> = read(&dir.join("DV8x8x8-tiny/decoder.jit"))
         .into_iter()
         .map(|t| t.name)

@@ -46,7 +46,12 @@ impl candle_nn::var_builder::SimpleBackend for RandomWeights {
         Tensor::randn(0f32, (1.0 / fan_in as f64).sqrt() as f32, shape, device)?.to_dtype(dtype)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _device: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _device: &Device,
+    ) -> candle_core::Result<Tensor> {
         candle_core::bail!("random weights have no unshaped tensor `{name}`")
     }
 
@@ -88,13 +93,21 @@ fn median(values: &mut [f64]) -> f64 {
     match values.len() {
         0 => f64::NAN,
         n if n % 2 == 1 => values.get(n / 2).copied().unwrap_or(f64::NAN),
-        n => (values.get(n / 2 - 1).copied().unwrap_or(0.0) + values.get(n / 2).copied().unwrap_or(0.0)) / 2.0,
+        n => {
+            (values.get(n / 2 - 1).copied().unwrap_or(0.0)
+                + values.get(n / 2).copied().unwrap_or(0.0))
+                / 2.0
+        }
     }
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let variant = find_variant(&args.variant)
-        .with_context(|| format!("unknown variant `{}`; see `tokenscope variants`", args.variant))?;
+    let variant = find_variant(&args.variant).with_context(|| {
+        format!(
+            "unknown variant `{}`; see `tokenscope variants`",
+            args.variant
+        )
+    })?;
     let dims = parse_shape(&args.input_shape)?;
     let (device, dtype) = args.compute.resolve()?;
     let cfg = &variant.config;
@@ -136,7 +149,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             totals.push(encode + decode);
         }
     }
-    let (enc, dec, total) = (median(&mut encode_times), median(&mut decode_times), median(&mut totals));
+    let (enc, dec, total) = (
+        median(&mut encode_times),
+        median(&mut decode_times),
+        median(&mut totals),
+    );
     let peak = peak_rss_bytes().unwrap_or(0);
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     if args.json {
@@ -165,13 +182,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             crate::device::describe(&device),
             args.runs
         );
-        println!("{:<10} {:>12} {:>10} {:>10}", "stage", "median (s)", "min (s)", "max (s)");
-        for (name, values, med) in [("encode", &encode_times, enc), ("decode", &decode_times, dec), ("total", &totals, total)] {
+        println!(
+            "{:<10} {:>12} {:>10} {:>10}",
+            "stage", "median (s)", "min (s)", "max (s)"
+        );
+        for (name, values, med) in [
+            ("encode", &encode_times, enc),
+            ("decode", &decode_times, dec),
+            ("total", &totals, total),
+        ] {
             let min = values.iter().copied().fold(f64::INFINITY, f64::min);
             let max = values.iter().copied().fold(0.0, f64::max);
             println!("{name:<10} {med:>12.3} {min:>10.3} {max:>10.3}");
         }
-        println!("peak RSS {:.2} GiB (weights {:.2} GiB)", gib(peak), gib(weights_bytes));
+        println!(
+            "peak RSS {:.2} GiB (weights {:.2} GiB)",
+            gib(peak),
+            gib(weights_bytes)
+        );
     }
     Ok(())
 }

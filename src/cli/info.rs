@@ -27,7 +27,10 @@ pub fn compression_label(cfg: &NetworkConfig) -> String {
 pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
     let loaded = args.model.load()?;
     let cfg = loaded.tokenizer.config();
-    let halves = match (loaded.tokenizer.has_encoder(), loaded.tokenizer.has_decoder()) {
+    let halves = match (
+        loaded.tokenizer.has_encoder(),
+        loaded.tokenizer.has_decoder(),
+    ) {
         (true, true) => "encoder + decoder",
         (true, false) => "encoder only",
         (false, true) => "decoder only",
@@ -35,7 +38,11 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
     };
     println!("variant:        {}", loaded.variant_name);
     println!("configuration:  from {}", loaded.config_source);
-    println!("family:         {} ({})", cfg.family.name(), cfg.family.describe());
+    println!(
+        "family:         {} ({})",
+        cfg.family.name(),
+        cfg.family.describe()
+    );
     println!("compression:    {}", compression_label(cfg));
     println!(
         "architecture:   channels {} x {:?} (decoder {:?}), {} res blocks, z {}, latent {}, patch {}",
@@ -47,15 +54,25 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
         cfg.latent_channels,
         cfg.patch_size
     );
-    println!("parameters:     {} used in forward", group_thousands(loaded.parameters));
+    println!(
+        "parameters:     {} used in forward",
+        group_thousands(loaded.parameters)
+    );
     println!("stored dtype:   {:?}", loaded.stored_dtype);
-    println!("compute:        {:?} on {}", loaded.tokenizer.dtype(), crate::device::describe(loaded.tokenizer.device()));
+    println!(
+        "compute:        {:?} on {}",
+        loaded.tokenizer.dtype(),
+        crate::device::describe(loaded.tokenizer.device())
+    );
     println!("file form:      {}", loaded.form.describe());
     for file in &loaded.files {
         println!("file:           {}", file.display());
     }
     println!("halves:         {halves}");
-    println!("haar tap:       encoder {} / decoder {}", loaded.haar_taps.encoder, loaded.haar_taps.decoder);
+    println!(
+        "haar tap:       encoder {} / decoder {}",
+        loaded.haar_taps.encoder, loaded.haar_taps.decoder
+    );
     if args.all_keys {
         println!("unused keys:    {}", loaded.unused_keys.len());
         for key in &loaded.unused_keys {
@@ -83,7 +100,10 @@ pub fn group_thousands(n: usize) -> String {
 }
 
 pub fn list_variants() {
-    println!("{:<16} {:<6} {:<12} {:<6} Hugging Face repos", "variant", "family", "compression", "patch");
+    println!(
+        "{:<16} {:<6} {:<12} {:<6} Hugging Face repos",
+        "variant", "family", "compression", "patch"
+    );
     for v in all_variants() {
         println!(
             "{:<16} {:<6} {:<12} {:<6} {}",

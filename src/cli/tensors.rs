@@ -38,13 +38,19 @@ fn read_tensors(path: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
         .with_context(|| format!("reading tensors from `{}`", path.display()))
 }
 
-fn metadata(loaded: &crate::tokenizer::checkpoint::LoadedModel, source: &Path) -> HashMap<String, String> {
+fn metadata(
+    loaded: &crate::tokenizer::checkpoint::LoadedModel,
+    source: &Path,
+) -> HashMap<String, String> {
     let cfg = loaded.tokenizer.config();
     HashMap::from([
         ("variant".to_string(), loaded.variant_name.clone()),
         ("family".to_string(), cfg.family.name().to_string()),
         ("source".to_string(), source.display().to_string()),
-        ("producer".to_string(), format!("tokenscope {}", env!("CARGO_PKG_VERSION"))),
+        (
+            "producer".to_string(),
+            format!("tokenscope {}", env!("CARGO_PKG_VERSION")),
+        ),
     ])
 }
 
@@ -65,7 +71,11 @@ pub fn encode(args: &EncodeArgs, reconstruct: bool) -> anyhow::Result<()> {
     let model = &loaded.tokenizer;
     let started = std::time::Instant::now();
     let tokens = model.encode(input)?;
-    eprintln!("encoded {:?} in {:.3} s", input.dims(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "encoded {:?} in {:.3} s",
+        input.dims(),
+        started.elapsed().as_secs_f64()
+    );
     let mut outputs: Vec<(&str, Tensor)> = match &tokens {
         Tokens::Continuous { latent } => vec![("latent", latent.to_dtype(DType::F32)?)],
         Tokens::Discrete { indices, codes } => vec![
@@ -93,7 +103,11 @@ pub fn decode(args: &DecodeArgs) -> anyhow::Result<()> {
     let tensors = read_tensors(&args.tokens)?;
     let loaded = args.model.load()?;
     let model = &loaded.tokenizer;
-    let wanted = if model.config().family.is_discrete() { "indices" } else { "latent" };
+    let wanted = if model.config().family.is_discrete() {
+        "indices"
+    } else {
+        "latent"
+    };
     let Some(source) = tensors.get(wanted) else {
         bail!(
             "`{}` has no `{wanted}` tensor, which a {} tokenizer decodes (found: {})",

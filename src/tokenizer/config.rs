@@ -151,11 +151,17 @@ impl NetworkConfig {
 
     pub fn check(&self) -> Result<(), TokenizerError> {
         let bad = |why: String| Err(TokenizerError::InvalidConfig(why));
-        if self.channels == 0 || self.channels_mult.is_empty() || self.decoder_channels_mult.is_empty() {
+        if self.channels == 0
+            || self.channels_mult.is_empty()
+            || self.decoder_channels_mult.is_empty()
+        {
             return bad("channels and channels_mult must be non-empty".into());
         }
         if !matches!(self.patch_size, 2 | 4) {
-            return bad(format!("patch_size must be 2 or 4, got {}", self.patch_size));
+            return bad(format!(
+                "patch_size must be 2 or 4, got {}",
+                self.patch_size
+            ));
         }
         for (what, value) in [
             ("spatial_compression", self.spatial_compression),
@@ -178,7 +184,11 @@ impl NetworkConfig {
             ));
         }
         let levels = self.channels_mult.len();
-        let resampling_levels = if self.family.is_video() { levels - 1 } else { levels };
+        let resampling_levels = if self.family.is_video() {
+            levels - 1
+        } else {
+            levels
+        };
         if self.spatial_steps() > resampling_levels || self.temporal_steps() > resampling_levels {
             return bad(format!(
                 "{} encoder levels cannot reach spatial compression {}",
@@ -212,7 +222,12 @@ impl NetworkConfig {
     }
 
     /// Latent grid (t, h, w) for an input of `frames` x `height` x `width`.
-    pub fn latent_shape(&self, frames: usize, height: usize, width: usize) -> (usize, usize, usize) {
+    pub fn latent_shape(
+        &self,
+        frames: usize,
+        height: usize,
+        width: usize,
+    ) -> (usize, usize, usize) {
         let t = if self.family.is_video() {
             1 + frames.saturating_sub(1) / self.temporal_compression
         } else {
@@ -277,22 +292,218 @@ struct Row {
 }
 
 const ROWS: &[Row] = &[
-    Row { name: "CI8x8", family: Family::CI, two_levels: false, z_channels: 16, patch_size: 4, spatial: 8, temporal: 1, hf_repos: &["nvidia/Cosmos-0.1-Tokenizer-CI8x8", "nvidia/Cosmos-Tokenizer-CI8x8"] },
-    Row { name: "CI16x16", family: Family::CI, two_levels: false, z_channels: 16, patch_size: 4, spatial: 16, temporal: 1, hf_repos: &["nvidia/Cosmos-0.1-Tokenizer-CI16x16", "nvidia/Cosmos-Tokenizer-CI16x16"] },
-    Row { name: "DI8x8", family: Family::DI, two_levels: false, z_channels: 256, patch_size: 4, spatial: 8, temporal: 1, hf_repos: &["nvidia/Cosmos-0.1-Tokenizer-DI8x8", "nvidia/Cosmos-Tokenizer-DI8x8"] },
-    Row { name: "DI16x16", family: Family::DI, two_levels: false, z_channels: 256, patch_size: 4, spatial: 16, temporal: 1, hf_repos: &["nvidia/Cosmos-0.1-Tokenizer-DI16x16", "nvidia/Cosmos-Tokenizer-DI16x16"] },
-    Row { name: "CV4x8x8", family: Family::CV, two_levels: true, z_channels: 16, patch_size: 4, spatial: 8, temporal: 4, hf_repos: &["nvidia/Cosmos-0.1-Tokenizer-CV4x8x8", "nvidia/Cosmos-Tokenizer-CV4x8x8"] },
-    Row { name: "CV8x8x8", family: Family::CV, two_levels: false, z_channels: 16, patch_size: 4, spatial: 8, temporal: 8, hf_repos: &["nvidia/Cosmos-0.1-Tokenizer-CV8x8x8", "nvidia/Cosmos-Tokenizer-CV8x8x8", "nvidia/Cosmos-1.0-Tokenizer-CV8x8x8", "nvidia/Cosmos-Tokenize1-CV8x8x8-720p"] },
-    Row { name: "CV8x16x16", family: Family::CV, two_levels: false, z_channels: 16, patch_size: 4, spatial: 16, temporal: 8, hf_repos: &["nvidia/Cosmos-0.1-Tokenizer-CV8x16x16", "nvidia/Cosmos-Tokenizer-CV8x16x16"] },
-    Row { name: "DV4x8x8", family: Family::DV, two_levels: false, z_channels: 16, patch_size: 4, spatial: 8, temporal: 4, hf_repos: &["nvidia/Cosmos-0.1-Tokenizer-DV4x8x8", "nvidia/Cosmos-Tokenizer-DV4x8x8"] },
-    Row { name: "DV8x8x8", family: Family::DV, two_levels: false, z_channels: 16, patch_size: 4, spatial: 8, temporal: 8, hf_repos: &["nvidia/Cosmos-0.1-Tokenizer-DV8x8x8", "nvidia/Cosmos-Tokenizer-DV8x8x8"] },
-    Row { name: "DV8x16x16", family: Family::DV, two_levels: false, z_channels: 16, patch_size: 4, spatial: 16, temporal: 8, hf_repos: &["nvidia/Cosmos-0.1-Tokenizer-DV8x16x16", "nvidia/Cosmos-Tokenizer-DV8x16x16", "nvidia/Cosmos-1.0-Tokenizer-DV8x16x16", "nvidia/Cosmos-Tokenize1-DV8x16x16-720p"] },
-    Row { name: "CI8x8-LowRes", family: Family::CI, two_levels: false, z_channels: 16, patch_size: 2, spatial: 8, temporal: 1, hf_repos: &["nvidia/Cosmos-1.0-Tokenizer-CI8x8-LowRes", "nvidia/Cosmos-Tokenize1-CI8x8-360p"] },
-    Row { name: "CI16x16-LowRes", family: Family::CI, two_levels: false, z_channels: 16, patch_size: 2, spatial: 16, temporal: 1, hf_repos: &["nvidia/Cosmos-1.0-Tokenizer-CI16x16-LowRes", "nvidia/Cosmos-Tokenize1-CI16x16-360p"] },
-    Row { name: "DI8x8-LowRes", family: Family::DI, two_levels: false, z_channels: 256, patch_size: 2, spatial: 8, temporal: 1, hf_repos: &["nvidia/Cosmos-1.0-Tokenizer-DI8x8-LowRes", "nvidia/Cosmos-Tokenize1-DI8x8-360p"] },
-    Row { name: "DI16x16-LowRes", family: Family::DI, two_levels: false, z_channels: 256, patch_size: 2, spatial: 16, temporal: 1, hf_repos: &["nvidia/Cosmos-1.0-Tokenizer-DI16x16-LowRes", "nvidia/Cosmos-Tokenize1-DI16x16-360p"] },
-    Row { name: "CV4x8x8-LowRes", family: Family::CV, two_levels: false, z_channels: 16, patch_size: 2, spatial: 8, temporal: 4, hf_repos: &["nvidia/Cosmos-1.0-Tokenizer-CV4x8x8-LowRes", "nvidia/Cosmos-Tokenize1-CV4x8x8-360p"] },
-    Row { name: "DV4x8x8-LowRes", family: Family::DV, two_levels: false, z_channels: 256, patch_size: 2, spatial: 8, temporal: 4, hf_repos: &["nvidia/Cosmos-1.0-Tokenizer-DV4x8x8-LowRes", "nvidia/Cosmos-Tokenize1-DV4x8x8-360p"] },
+    Row {
+        name: "CI8x8",
+        family: Family::CI,
+        two_levels: false,
+        z_channels: 16,
+        patch_size: 4,
+        spatial: 8,
+        temporal: 1,
+        hf_repos: &[
+            "nvidia/Cosmos-0.1-Tokenizer-CI8x8",
+            "nvidia/Cosmos-Tokenizer-CI8x8",
+        ],
+    },
+    Row {
+        name: "CI16x16",
+        family: Family::CI,
+        two_levels: false,
+        z_channels: 16,
+        patch_size: 4,
+        spatial: 16,
+        temporal: 1,
+        hf_repos: &[
+            "nvidia/Cosmos-0.1-Tokenizer-CI16x16",
+            "nvidia/Cosmos-Tokenizer-CI16x16",
+        ],
+    },
+    Row {
+        name: "DI8x8",
+        family: Family::DI,
+        two_levels: false,
+        z_channels: 256,
+        patch_size: 4,
+        spatial: 8,
+        temporal: 1,
+        hf_repos: &[
+            "nvidia/Cosmos-0.1-Tokenizer-DI8x8",
+            "nvidia/Cosmos-Tokenizer-DI8x8",
+        ],
+    },
+    Row {
+        name: "DI16x16",
+        family: Family::DI,
+        two_levels: false,
+        z_channels: 256,
+        patch_size: 4,
+        spatial: 16,
+        temporal: 1,
+        hf_repos: &[
+            "nvidia/Cosmos-0.1-Tokenizer-DI16x16",
+            "nvidia/Cosmos-Tokenizer-DI16x16",
+        ],
+    },
+    Row {
+        name: "CV4x8x8",
+        family: Family::CV,
+        two_levels: true,
+        z_channels: 16,
+        patch_size: 4,
+        spatial: 8,
+        temporal: 4,
+        hf_repos: &[
+            "nvidia/Cosmos-0.1-Tokenizer-CV4x8x8",
+            "nvidia/Cosmos-Tokenizer-CV4x8x8",
+        ],
+    },
+    Row {
+        name: "CV8x8x8",
+        family: Family::CV,
+        two_levels: false,
+        z_channels: 16,
+        patch_size: 4,
+        spatial: 8,
+        temporal: 8,
+        hf_repos: &[
+            "nvidia/Cosmos-0.1-Tokenizer-CV8x8x8",
+            "nvidia/Cosmos-Tokenizer-CV8x8x8",
+            "nvidia/Cosmos-1.0-Tokenizer-CV8x8x8",
+            "nvidia/Cosmos-Tokenize1-CV8x8x8-720p",
+        ],
+    },
+    Row {
+        name: "CV8x16x16",
+        family: Family::CV,
+        two_levels: false,
+        z_channels: 16,
+        patch_size: 4,
+        spatial: 16,
+        temporal: 8,
+        hf_repos: &[
+            "nvidia/Cosmos-0.1-Tokenizer-CV8x16x16",
+            "nvidia/Cosmos-Tokenizer-CV8x16x16",
+        ],
+    },
+    Row {
+        name: "DV4x8x8",
+        family: Family::DV,
+        two_levels: false,
+        z_channels: 16,
+        patch_size: 4,
+        spatial: 8,
+        temporal: 4,
+        hf_repos: &[
+            "nvidia/Cosmos-0.1-Tokenizer-DV4x8x8",
+            "nvidia/Cosmos-Tokenizer-DV4x8x8",
+        ],
+    },
+    Row {
+        name: "DV8x8x8",
+        family: Family::DV,
+        two_levels: false,
+        z_channels: 16,
+        patch_size: 4,
+        spatial: 8,
+        temporal: 8,
+        hf_repos: &[
+            "nvidia/Cosmos-0.1-Tokenizer-DV8x8x8",
+            "nvidia/Cosmos-Tokenizer-DV8x8x8",
+        ],
+    },
+    Row {
+        name: "DV8x16x16",
+        family: Family::DV,
+        two_levels: false,
+        z_channels: 16,
+        patch_size: 4,
+        spatial: 16,
+        temporal: 8,
+        hf_repos: &[
+            "nvidia/Cosmos-0.1-Tokenizer-DV8x16x16",
+            "nvidia/Cosmos-Tokenizer-DV8x16x16",
+            "nvidia/Cosmos-1.0-Tokenizer-DV8x16x16",
+            "nvidia/Cosmos-Tokenize1-DV8x16x16-720p",
+        ],
+    },
+    Row {
+        name: "CI8x8-LowRes",
+        family: Family::CI,
+        two_levels: false,
+        z_channels: 16,
+        patch_size: 2,
+        spatial: 8,
+        temporal: 1,
+        hf_repos: &[
+            "nvidia/Cosmos-1.0-Tokenizer-CI8x8-LowRes",
+            "nvidia/Cosmos-Tokenize1-CI8x8-360p",
+        ],
+    },
+    Row {
+        name: "CI16x16-LowRes",
+        family: Family::CI,
+        two_levels: false,
+        z_channels: 16,
+        patch_size: 2,
+        spatial: 16,
+        temporal: 1,
+        hf_repos: &[
+            "nvidia/Cosmos-1.0-Tokenizer-CI16x16-LowRes",
+            "nvidia/Cosmos-Tokenize1-CI16x16-360p",
+        ],
+    },
+    Row {
+        name: "DI8x8-LowRes",
+        family: Family::DI,
+        two_levels: false,
+        z_channels: 256,
+        patch_size: 2,
+        spatial: 8,
+        temporal: 1,
+        hf_repos: &[
+            "nvidia/Cosmos-1.0-Tokenizer-DI8x8-LowRes",
+            "nvidia/Cosmos-Tokenize1-DI8x8-360p",
+        ],
+    },
+    Row {
+        name: "DI16x16-LowRes",
+        family: Family::DI,
+        two_levels: false,
+        z_channels: 256,
+        patch_size: 2,
+        spatial: 16,
+        temporal: 1,
+        hf_repos: &[
+            "nvidia/Cosmos-1.0-Tokenizer-DI16x16-LowRes",
+            "nvidia/Cosmos-Tokenize1-DI16x16-360p",
+        ],
+    },
+    Row {
+        name: "CV4x8x8-LowRes",
+        family: Family::CV,
+        two_levels: false,
+        z_channels: 16,
+        patch_size: 2,
+        spatial: 8,
+        temporal: 4,
+        hf_repos: &[
+            "nvidia/Cosmos-1.0-Tokenizer-CV4x8x8-LowRes",
+            "nvidia/Cosmos-Tokenize1-CV4x8x8-360p",
+        ],
+    },
+    Row {
+        name: "DV4x8x8-LowRes",
+        family: Family::DV,
+        two_levels: false,
+        z_channels: 256,
+        patch_size: 2,
+        spatial: 8,
+        temporal: 4,
+        hf_repos: &[
+            "nvidia/Cosmos-1.0-Tokenizer-DV4x8x8-LowRes",
+            "nvidia/Cosmos-Tokenize1-DV4x8x8-360p",
+        ],
+    },
 ];
 
 impl Row {
@@ -343,8 +554,13 @@ pub fn find_variant(name: &str) -> Option<Variant> {
             let bare = repo.rsplit('/').next().unwrap_or(&repo).to_string();
             wanted == repo || wanted == bare || wanted.ends_with(&format!("/{bare}"))
         });
-        let is_720 = matches!(row.name, "CV8x8x8" | "DV8x16x16") && wanted == format!("{canonical}-720p");
-        if wanted == canonical || matches_repo || is_720 || short_720_360.as_deref() == Some(&wanted) {
+        let is_720 =
+            matches!(row.name, "CV8x8x8" | "DV8x16x16") && wanted == format!("{canonical}-720p");
+        if wanted == canonical
+            || matches_repo
+            || is_720
+            || short_720_360.as_deref() == Some(&wanted)
+        {
             return Some(row.variant());
         }
     }
@@ -357,11 +573,17 @@ pub fn find_variant_in_text(text: &str) -> Option<Variant> {
     let lowered = text.to_ascii_lowercase().replace("--", "/");
     let mut best: Option<(usize, Variant)> = None;
     for row in ROWS {
-        let mut names: Vec<String> = row.hf_repos.iter().map(|r| r.to_ascii_lowercase()).collect();
+        let mut names: Vec<String> = row
+            .hf_repos
+            .iter()
+            .map(|r| r.to_ascii_lowercase())
+            .collect();
         names.push(row.name.to_ascii_lowercase());
         for name in names {
             let bare = name.rsplit('/').next().unwrap_or(&name).to_string();
-            if contains_token(&lowered, &bare) && best.as_ref().is_none_or(|(len, _)| bare.len() > *len) {
+            if contains_token(&lowered, &bare)
+                && best.as_ref().is_none_or(|(len, _)| bare.len() > *len)
+            {
                 best = Some((bare.len(), row.variant()));
             }
         }
@@ -379,7 +601,10 @@ fn contains_token(haystack: &str, needle: &str) -> bool {
             .get(..at)
             .and_then(|b| b.chars().last())
             .is_none_or(|c| !c.is_ascii_alphanumeric());
-        let after_ok = rest.chars().next().is_none_or(|c| !c.is_ascii_alphanumeric() && c != 'x')
+        let after_ok = rest
+            .chars()
+            .next()
+            .is_none_or(|c| !c.is_ascii_alphanumeric() && c != 'x')
             && !rest.starts_with("-lowres")
             && !rest.starts_with("-360p");
         before_ok && after_ok
@@ -446,7 +671,9 @@ pub fn config_from_json(text: &str) -> Result<NetworkConfig, TokenizerError> {
         }
     }
     if raw.z_factor.unwrap_or(1) != 1 {
-        return Err(bad("z_factor other than 1 (a VAE bottleneck) is not supported".into()));
+        return Err(bad(
+            "z_factor other than 1 (a VAE bottleneck) is not supported".into(),
+        ));
     }
     if let Some(formulation) = &raw.formulation {
         if formulation != "AE" {
@@ -524,20 +751,66 @@ mod tests {
         let plan = |name: &str| {
             let v = find_variant(name).map(|v| v.config);
             let c = v.unwrap_or_else(|| panic!("{name} missing"));
-            let enc: Vec<_> = (0..c.channels_mult.len()).map(|i| c.encoder_downsample(i)).collect();
-            let dec: Vec<_> = (0..c.decoder_channels_mult.len()).map(|i| c.decoder_upsample(i)).collect();
+            let enc: Vec<_> = (0..c.channels_mult.len())
+                .map(|i| c.encoder_downsample(i))
+                .collect();
+            let dec: Vec<_> = (0..c.decoder_channels_mult.len())
+                .map(|i| c.decoder_upsample(i))
+                .collect();
             (enc, dec)
         };
         // (spatial, temporal) per level; decoder indexed by level (up.0 never upsamples).
         let none = (false, false);
-        assert_eq!(plan("CV8x8x8"), (vec![(true, true), none, none], vec![none, (true, true), none]));
-        assert_eq!(plan("DV8x16x16"), (vec![(true, true), (true, false), none], vec![none, (true, true), (true, false)]));
-        assert_eq!(plan("DV4x8x8"), (vec![(true, false), none, none], vec![none, none, (true, false)]));
-        assert_eq!(plan("CV4x8x8"), (vec![(true, false), none], vec![none, (true, false)]));
-        assert_eq!(plan("DV4x8x8-LowRes"), (vec![(true, true), (true, false), none], vec![none, (true, true), (true, false)]));
-        assert_eq!(plan("CI8x8"), (vec![(true, false), none, none], vec![none, none, (true, false)]));
-        assert_eq!(plan("CI16x16-LowRes"), (vec![(true, false); 3], vec![(true, false); 3]));
-        assert_eq!(plan("CI16x16"), (vec![(true, false), (true, false), none], vec![none, (true, false), (true, false)]));
+        assert_eq!(
+            plan("CV8x8x8"),
+            (
+                vec![(true, true), none, none],
+                vec![none, (true, true), none]
+            )
+        );
+        assert_eq!(
+            plan("DV8x16x16"),
+            (
+                vec![(true, true), (true, false), none],
+                vec![none, (true, true), (true, false)]
+            )
+        );
+        assert_eq!(
+            plan("DV4x8x8"),
+            (
+                vec![(true, false), none, none],
+                vec![none, none, (true, false)]
+            )
+        );
+        assert_eq!(
+            plan("CV4x8x8"),
+            (vec![(true, false), none], vec![none, (true, false)])
+        );
+        assert_eq!(
+            plan("DV4x8x8-LowRes"),
+            (
+                vec![(true, true), (true, false), none],
+                vec![none, (true, true), (true, false)]
+            )
+        );
+        assert_eq!(
+            plan("CI8x8"),
+            (
+                vec![(true, false), none, none],
+                vec![none, none, (true, false)]
+            )
+        );
+        assert_eq!(
+            plan("CI16x16-LowRes"),
+            (vec![(true, false); 3], vec![(true, false); 3])
+        );
+        assert_eq!(
+            plan("CI16x16"),
+            (
+                vec![(true, false), (true, false), none],
+                vec![none, (true, false), (true, false)]
+            )
+        );
     }
 
     #[test]
@@ -555,7 +828,9 @@ mod tests {
             assert_eq!(find_variant(name).map(|v| v.name), Some(want), "{name}");
         }
         assert!(find_variant("CV2x2x2").is_none());
-        let in_path = find_variant_in_text("/cache/models--nvidia--Cosmos-1.0-Tokenizer-DV4x8x8-LowRes/snapshots/abc");
+        let in_path = find_variant_in_text(
+            "/cache/models--nvidia--Cosmos-1.0-Tokenizer-DV4x8x8-LowRes/snapshots/abc",
+        );
         assert_eq!(in_path.map(|v| v.name), Some("DV4x8x8-LowRes"));
         let in_path = find_variant_in_text("/data/Cosmos-0.1-Tokenizer-DV4x8x8/encoder.jit");
         assert_eq!(in_path.map(|v| v.name), Some("DV4x8x8"));

@@ -71,7 +71,11 @@ pub fn digits_from_index(index: i64) -> [i64; FSQ_DIMS] {
 /// Code values (each in [-1, 1]) of a codebook index.
 pub fn code_from_index(index: i64) -> [f32; FSQ_DIMS] {
     let mut code = [0f32; FSQ_DIMS];
-    for ((value, digit), levels) in code.iter_mut().zip(digits_from_index(index)).zip(FSQ_LEVELS) {
+    for ((value, digit), levels) in code
+        .iter_mut()
+        .zip(digits_from_index(index))
+        .zip(FSQ_LEVELS)
+    {
         let half = (levels / 2) as i64;
         *value = (digit - half) as f32 / half as f32;
     }
@@ -214,7 +218,9 @@ mod tests {
     #[test]
     fn out_of_range_indices_are_rejected() {
         let bad = Tensor::new(&[[0i64, 64000]], &Device::Cpu).unwrap();
-        let err = codes_from_indices(&bad, DType::F32).unwrap_err().to_string();
+        let err = codes_from_indices(&bad, DType::F32)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("64000"), "{err}");
     }
 

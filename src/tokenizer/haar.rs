@@ -147,7 +147,9 @@ pub fn unpatch_3d(x: &Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
             }
         }
         let [low, high] = by_t.as_slice() else {
-            return Err(super::TokenizerError::InvalidInput("malformed unpatcher bands".into()));
+            return Err(super::TokenizerError::InvalidInput(
+                "malformed unpatcher bands".into(),
+            ));
         };
         x = (synthesise(low, high, 1, tap)? * SCALE_3D)?;
     }
@@ -175,7 +177,10 @@ pub fn channels_from_frames(x: &Tensor) -> Result<Tensor> {
 pub fn tap_from_buffer(buffer: Option<&Tensor>) -> Result<f32> {
     match buffer {
         Some(t) => {
-            let values = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let values = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
             Ok(values.first().copied().unwrap_or(HAAR_TAP_F32))
         }
         None => Ok(HAAR_TAP_F32),
@@ -188,7 +193,16 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -213,7 +227,10 @@ mod tests {
         for ps in [2, 4] {
             let t = x.dim(1).unwrap();
             let p = patch_3d(&x, ps, HAAR_TAP_F32).unwrap();
-            assert_eq!(p.dims(), &[1, 1 + (t - 1) / ps, 3 * ps * ps * ps, 8 / ps, 16 / ps]);
+            assert_eq!(
+                p.dims(),
+                &[1, 1 + (t - 1) / ps, 3 * ps * ps * ps, 8 / ps, 16 / ps]
+            );
             let back = unpatch_3d(&p, ps, HAAR_TAP_F32).unwrap();
             assert!(max_abs_diff(&back, &x) < 1e-5, "ps {ps}");
         }

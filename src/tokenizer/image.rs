@@ -28,7 +28,11 @@ impl ResnetBlock {
             norm2: Norm::new_2d(out_channels, vb.pp("norm2"))?,
             conv2: Conv2d::new(out_channels, out_channels, 3, 1, 1, vb.pp("conv2"))?,
             nin_shortcut: if in_channels != out_channels {
-                Some(Pointwise::new_2d(in_channels, out_channels, vb.pp("nin_shortcut"))?)
+                Some(Pointwise::new_2d(
+                    in_channels,
+                    out_channels,
+                    vb.pp("nin_shortcut"),
+                )?)
             } else {
                 None
             },
@@ -74,7 +78,10 @@ impl AttnBlock {
         let k = self.k.forward_at(&normed, 1)?;
         let v = self.v.forward_at(&normed, 1)?;
         let attended = attention_channels_first(&q, &k, &v, false)?;
-        x + self.proj_out.forward_at(&attended, 1)?.reshape((b, c, h, w))?
+        x + self
+            .proj_out
+            .forward_at(&attended, 1)?
+            .reshape((b, c, h, w))?
     }
 }
 
@@ -156,12 +163,23 @@ impl Encoder2d {
             let block_out = ch * mult;
             let mut blocks = Vec::with_capacity(cfg.num_res_blocks);
             for b in 0..cfg.num_res_blocks {
-                blocks.push(ResnetBlock::new(block_in, block_out, vb_level.pp("block").pp(b))?);
+                blocks.push(ResnetBlock::new(
+                    block_in,
+                    block_out,
+                    vb_level.pp("block").pp(b),
+                )?);
                 block_in = block_out;
             }
             let resample = if cfg.encoder_downsample(level).0 {
                 Some(Downsample {
-                    conv: Conv2d::new(block_in, block_in, 3, 2, 0, vb_level.pp("downsample").pp("conv"))?,
+                    conv: Conv2d::new(
+                        block_in,
+                        block_in,
+                        3,
+                        2,
+                        0,
+                        vb_level.pp("downsample").pp("conv"),
+                    )?,
                 })
             } else {
                 None
@@ -226,12 +244,23 @@ impl Decoder2d {
             let block_out = ch * mult;
             let mut blocks = Vec::with_capacity(cfg.num_res_blocks + 1);
             for b in 0..=cfg.num_res_blocks {
-                blocks.push(ResnetBlock::new(block_in, block_out, vb_level.pp("block").pp(b))?);
+                blocks.push(ResnetBlock::new(
+                    block_in,
+                    block_out,
+                    vb_level.pp("block").pp(b),
+                )?);
                 block_in = block_out;
             }
             let resample = if cfg.decoder_upsample(level).0 {
                 Some(Upsample {
-                    conv: Conv2d::new(block_in, block_in, 3, 1, 1, vb_level.pp("upsample").pp("conv"))?,
+                    conv: Conv2d::new(
+                        block_in,
+                        block_in,
+                        3,
+                        1,
+                        1,
+                        vb_level.pp("upsample").pp("conv"),
+                    )?,
                 })
             } else {
                 None

@@ -280,7 +280,12 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 
 /// Single-head dot-product attention over `(N, C, S)` queries, keys and values with scale
 /// `C^-1/2`; with `causal`, position `i` sees keys `j <= i` only. Returns `(N, C, S)`.
-pub fn attention_channels_first(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
+pub fn attention_channels_first(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+) -> Result<Tensor> {
     let (_, c, s) = q.dims3()?;
     let scale = 1.0 / (c as f64).sqrt();
     // (N, S, C) x (N, C, S) → (N, S_q, S_k)
@@ -292,7 +297,8 @@ pub fn attention_channels_first(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool
     };
     let weights = softmax_last(&scores)?;
     // (N, C, S_k) x (N, S_k, S_q) → (N, C, S_q)
-    v.contiguous()?.matmul(&weights.transpose(1, 2)?.contiguous()?)
+    v.contiguous()?
+        .matmul(&weights.transpose(1, 2)?.contiguous()?)
 }
 
 /// (S, S) additive mask: 0 on and below the diagonal, −∞ above.

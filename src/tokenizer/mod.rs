@@ -7,8 +7,8 @@ pub mod haar;
 pub mod image;
 pub mod layers;
 pub mod model;
-pub mod runner;
 mod ops;
+pub mod runner;
 
 pub mod video;
 

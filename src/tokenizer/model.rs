@@ -120,15 +120,21 @@ impl Tokenizer {
             } else {
                 EncoderNet::Image(Encoder2d::new(config, taps.encoder, vb.pp("encoder"))?)
             };
-            let quant_conv =
-                new_pointwise(config.z_channels, config.latent_channels, vb.pp("quant_conv"))?;
+            let quant_conv = new_pointwise(
+                config.z_channels,
+                config.latent_channels,
+                vb.pp("quant_conv"),
+            )?;
             Some((net, quant_conv))
         } else {
             None
         };
         let decoder = if build_decoder {
-            let post_quant_conv =
-                new_pointwise(config.latent_channels, config.z_channels, vb.pp("post_quant_conv"))?;
+            let post_quant_conv = new_pointwise(
+                config.latent_channels,
+                config.z_channels,
+                vb.pp("post_quant_conv"),
+            )?;
             let net = if video {
                 DecoderNet::Video(Decoder3d::new(config, taps.decoder, vb.pp("decoder"))?)
             } else {
@@ -256,7 +262,10 @@ impl Tokenizer {
                 "this checkpoint has no decoder (only encoder weights were loaded)".into(),
             ));
         };
-        let z = tokens.decoder_input().to_device(&self.device)?.to_dtype(self.dtype)?;
+        let z = tokens
+            .decoder_input()
+            .to_device(&self.device)?
+            .to_dtype(self.dtype)?;
         let want_channels = self.config.latent_channels;
         let rank = if self.config.family.is_video() { 5 } else { 4 };
         if z.rank() != rank || z.dim(1)? != want_channels {

@@ -92,7 +92,10 @@ pub fn padding_for(frames: usize, height: usize, width: usize, video: bool) -> P
 /// Pads in uint8 space: black (0) around the picture, replicated first/last frames in time.
 pub fn pad(clip: &RgbFrames, padding: Padding) -> Result<RgbFrames> {
     let (h, w) = (clip.height, clip.width);
-    let (ph, pw) = (h + padding.rows.0 + padding.rows.1, w + padding.cols.0 + padding.cols.1);
+    let (ph, pw) = (
+        h + padding.rows.0 + padding.rows.1,
+        w + padding.cols.0 + padding.cols.1,
+    );
     let mut frame_indices: Vec<usize> = vec![0; padding.frames.0];
     frame_indices.extend(0..clip.frames);
     frame_indices.extend(std::iter::repeat_n(clip.frames - 1, padding.frames.1));
@@ -102,7 +105,8 @@ pub fn pad(clip: &RgbFrames, padding: Padding) -> Result<RgbFrames> {
     for (dst_index, &src_index) in frame_indices.iter().enumerate() {
         for row in 0..h {
             let src_start = src_index * src_frame + row * w * 3;
-            let dst_start = dst_index * dst_frame + (row + padding.rows.0) * pw * 3 + padding.cols.0 * 3;
+            let dst_start =
+                dst_index * dst_frame + (row + padding.rows.0) * pw * 3 + padding.cols.0 * 3;
             if let (Some(src), Some(dst)) = (
                 clip.data.get(src_start..src_start + w * 3),
                 data.get_mut(dst_start..dst_start + w * 3),
@@ -120,16 +124,25 @@ pub fn crop(clip: &RgbFrames, padding: Padding) -> Result<RgbFrames> {
         .frames
         .checked_sub(padding.frames.0 + padding.frames.1)
         .filter(|f| *f > 0);
-    let height = clip.height.checked_sub(padding.rows.0 + padding.rows.1).filter(|h| *h > 0);
-    let width = clip.width.checked_sub(padding.cols.0 + padding.cols.1).filter(|w| *w > 0);
+    let height = clip
+        .height
+        .checked_sub(padding.rows.0 + padding.rows.1)
+        .filter(|h| *h > 0);
+    let width = clip
+        .width
+        .checked_sub(padding.cols.0 + padding.cols.1)
+        .filter(|w| *w > 0);
     let (Some(frames), Some(height), Some(width)) = (frames, height, width) else {
-        return Err(TokenizerError::InvalidInput("padding larger than the clip".into()));
+        return Err(TokenizerError::InvalidInput(
+            "padding larger than the clip".into(),
+        ));
     };
     let mut data = Vec::with_capacity(frames * height * width * 3);
     for f in 0..frames {
         for row in 0..height {
-            let start = ((f + padding.frames.0) * clip.height + row + padding.rows.0) * clip.width * 3
-                + padding.cols.0 * 3;
+            let start =
+                ((f + padding.frames.0) * clip.height + row + padding.rows.0) * clip.width * 3
+                    + padding.cols.0 * 3;
             let src = clip
                 .data
                 .get(start..start + width * 3)
@@ -142,7 +155,12 @@ pub fn crop(clip: &RgbFrames, padding: Padding) -> Result<RgbFrames> {
 
 /// uint8 → [-1, 1] as the official code does (float64 arithmetic, then the model dtype).
 /// Returns (1, 3, T, H, W) for video or (T, 3, H, W) for images (each frame its own batch item).
-pub fn tensor_from_rgb(clip: &RgbFrames, video: bool, device: &Device, dtype: DType) -> Result<Tensor> {
+pub fn tensor_from_rgb(
+    clip: &RgbFrames,
+    video: bool,
+    device: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
     let (t, h, w) = (clip.frames, clip.height, clip.width);
     let plane = h * w;
     let mut values = vec![0f32; clip.data.len()];
@@ -158,7 +176,10 @@ pub fn tensor_from_rgb(clip: &RgbFrames, video: bool, device: &Device, dtype: DT
     }
     let frames_first = Tensor::from_vec(values, (t, 3, h, w), &Device::Cpu)?;
     let tensor = if video {
-        frames_first.permute((1, 0, 2, 3))?.unsqueeze(0)?.contiguous()?
+        frames_first
+            .permute((1, 0, 2, 3))?
+            .unsqueeze(0)?
+            .contiguous()?
     } else {
         frames_first
     };
@@ -186,7 +207,12 @@ pub fn rgb_from_tensor(x: &Tensor) -> Result<RgbFrames> {
         .to_vec1::<f32>()?;
     let data = values
         .iter()
-        .map(|&x| ((x + 1.0) / 2.0).clamp(0.0, 1.0).mul_add(255.0, 0.5).floor() as u8)
+        .map(|&x| {
+            ((x + 1.0) / 2.0)
+                .clamp(0.0, 1.0)
+                .mul_add(255.0, 0.5)
+                .floor() as u8
+        })
         .collect();
     RgbFrames::new(t, h, w, data)
 }
@@ -260,7 +286,9 @@ pub fn reconstruct(
 ) -> Result<RunResult> {
     let video = model.config().family.is_video();
     if video && options.temporal_window == 0 {
-        return Err(TokenizerError::InvalidInput("the temporal window must be at least 1 frame".into()));
+        return Err(TokenizerError::InvalidInput(
+            "the temporal window must be at least 1 frame".into(),
+        ));
     }
     let spans = windows(clip.frames, options.temporal_window, video);
     let mut out = Vec::with_capacity(clip.data.len());
@@ -285,7 +313,12 @@ pub fn reconstruct(
                 let started = std::time::Instant::now();
                 let recon = model.decode(&tokens)?;
                 let decode_seconds = started.elapsed().as_secs_f64();
-                (rgb_from_tensor(&recon)?, Some(tokens), encode_seconds, decode_seconds)
+                (
+                    rgb_from_tensor(&recon)?,
+                    Some(tokens),
+                    encode_seconds,
+                    decode_seconds,
+                )
             }
         };
         let cropped = crop(&recon, padding)?;
@@ -313,7 +346,10 @@ fn tile_starts(len: usize, tile: usize, overlap: usize) -> Vec<usize> {
         return vec![0];
     }
     let step = tile - overlap;
-    let mut starts: Vec<usize> = (0..).map(|i| i * step).take_while(|s| s + tile < len).collect();
+    let mut starts: Vec<usize> = (0..)
+        .map(|i| i * step)
+        .take_while(|s| s + tile < len)
+        .collect();
     starts.push(len - tile);
     starts.dedup();
     starts
@@ -332,7 +368,13 @@ fn ramp(i: usize, tile: usize, before: usize, after: usize) -> f32 {
     } else {
         f32::INFINITY
     };
-    rising.min(if after > 0 { falling / after as f32 } else { 1.0 }).max(1e-3)
+    rising
+        .min(if after > 0 {
+            falling / after as f32
+        } else {
+            1.0
+        })
+        .max(1e-3)
 }
 
 /// Encodes and decodes each overlapping tile on its own and blends the reconstructions.
@@ -404,9 +446,17 @@ pub fn blend_tiles(
                 .flatten_all()?
                 .to_vec1::<f32>()?;
             let before_y = if ri > 0 { overlap.min(th) } else { 0 };
-            let after_y = if ri + 1 < rows.len() { overlap.min(th) } else { 0 };
+            let after_y = if ri + 1 < rows.len() {
+                overlap.min(th)
+            } else {
+                0
+            };
             let before_x = if ci > 0 { overlap.min(tw) } else { 0 };
-            let after_x = if ci + 1 < cols.len() { overlap.min(tw) } else { 0 };
+            let after_x = if ci + 1 < cols.len() {
+                overlap.min(tw)
+            } else {
+                0
+            };
             for dy in 0..th {
                 let wy = ramp(dy, th, before_y, after_y);
                 for dx in 0..tw {
@@ -432,7 +482,12 @@ pub fn blend_tiles(
     for (i, acc) in sum.iter().enumerate() {
         let pixel = (i / 3) % (h * w);
         let x = acc / weight.get(pixel).copied().unwrap_or(1.0).max(1e-6);
-        data.push(((x + 1.0) / 2.0).clamp(0.0, 1.0).mul_add(255.0, 0.5).floor() as u8);
+        data.push(
+            ((x + 1.0) / 2.0)
+                .clamp(0.0, 1.0)
+                .mul_add(255.0, 0.5)
+                .floor() as u8,
+        );
     }
     RgbFrames::new(t, h, w, data)
 }
@@ -460,9 +515,23 @@ mod tests {
         assert_eq!((padded.frames, padded.height, padded.width), (9, 16, 16));
         // Padded pixels are black; padded frames replicate the first and last frames.
         assert_eq!(padded.data[0], 0);
-        let first_copy = crop(&padded.slice(0, 1).unwrap(), Padding { frames: (0, 0), ..p }).unwrap();
+        let first_copy = crop(
+            &padded.slice(0, 1).unwrap(),
+            Padding {
+                frames: (0, 0),
+                ..p
+            },
+        )
+        .unwrap();
         assert_eq!(first_copy.data, clip.slice(0, 1).unwrap().data);
-        let last_copy = crop(&padded.slice(8, 1).unwrap(), Padding { frames: (0, 0), ..p }).unwrap();
+        let last_copy = crop(
+            &padded.slice(8, 1).unwrap(),
+            Padding {
+                frames: (0, 0),
+                ..p
+            },
+        )
+        .unwrap();
         assert_eq!(last_copy.data, clip.slice(4, 1).unwrap().data);
         assert_eq!(crop(&padded, p).unwrap(), clip);
     }
@@ -485,7 +554,9 @@ mod tests {
 
     #[test]
     fn blending_identity_tiles_reproduces_the_frame_exactly() {
-        let data: Vec<u8> = (0..3 * 80 * 112 * 3).map(|i| (i * 7919 % 256) as u8).collect();
+        let data: Vec<u8> = (0..3 * 80 * 112 * 3)
+            .map(|i| (i * 7919 % 256) as u8)
+            .collect();
         let clip = RgbFrames::new(3, 80, 112, data).unwrap();
         for (video, tile, overlap) in [(true, 32, 16), (false, 48, 16), (true, 64, 0)] {
             let cancel = AtomicBool::new(false);

@@ -7,8 +7,8 @@ use candle_nn::VarBuilder;
 use super::config::NetworkConfig;
 use super::haar;
 use super::layers::{
-    attention_channels_first, frames_strided, replicate_first_frame, swish, Conv2d,
-    FactorizedConv, Norm, Pointwise, TemporalConv,
+    attention_channels_first, frames_strided, replicate_first_frame, swish, Conv2d, FactorizedConv,
+    Norm, Pointwise, TemporalConv,
 };
 
 type Result<T> = candle_core::Result<T>;
@@ -31,7 +31,11 @@ impl ResnetBlock {
             norm2: Norm::new_per_frame(out_channels, vb.pp("norm2"))?,
             conv2: FactorizedConv::new(out_channels, out_channels, vb.pp("conv2"))?,
             nin_shortcut: if in_channels != out_channels {
-                Some(Pointwise::new_3d(in_channels, out_channels, vb.pp("nin_shortcut"))?)
+                Some(Pointwise::new_3d(
+                    in_channels,
+                    out_channels,
+                    vb.pp("nin_shortcut"),
+                )?)
             } else {
                 None
             },
@@ -39,8 +43,12 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&swish(&self.norm1.forward_frames(x)?)?)?;
-        let h = self.conv2.forward(&swish(&self.norm2.forward_frames(&h)?)?)?;
+        let h = self
+            .conv1
+            .forward(&swish(&self.norm1.forward_frames(x)?)?)?;
+        let h = self
+            .conv2
+            .forward(&swish(&self.norm2.forward_frames(&h)?)?)?;
         let shortcut = match &self.nin_shortcut {
             Some(conv) => conv.forward_at(x, 2)?,
             None => x.clone(),
@@ -107,9 +115,12 @@ impl TemporalAttention {
         let (q, k, v) = self.0.project(x)?;
         // (B, T, C, S) → (B·S, C, T): one sequence of T vectors per pixel.
         let per_pixel = |y: Tensor| -> Result<Tensor> {
-            y.permute((0, 3, 2, 1))?.contiguous()?.reshape((b * h * w, c, t))
+            y.permute((0, 3, 2, 1))?
+                .contiguous()?
+                .reshape((b * h * w, c, t))
         };
-        let attended = attention_channels_first(&per_pixel(q)?, &per_pixel(k)?, &per_pixel(v)?, true)?;
+        let attended =
+            attention_channels_first(&per_pixel(q)?, &per_pixel(k)?, &per_pixel(v)?, true)?;
         let back = attended
             .reshape((b, h * w, c, t))?
             .permute((0, 3, 2, 1))?
@@ -162,7 +173,14 @@ impl HybridDownsample {
         }
         Ok(Some(Self {
             spatial: if spatial {
-                Some(Conv2d::spatial_of_3d(channels, channels, 3, 2, 0, vb.pp("conv1"))?)
+                Some(Conv2d::spatial_of_3d(
+                    channels,
+                    channels,
+                    3,
+                    2,
+                    0,
+                    vb.pp("conv1"),
+                )?)
             } else {
                 None
             },
@@ -191,7 +209,9 @@ impl HybridDownsample {
         if let Some(conv) = &self.temporal {
             let padded = replicate_first_frame(&x, 1)?;
             let pairs = padded.dim(1)? / 2;
-            let pooled = ((frames_strided(&padded, 0, pairs, 2)? + frames_strided(&padded, 1, pairs, 2)?)? * 0.5)?;
+            let pooled = ((frames_strided(&padded, 0, pairs, 2)?
+                + frames_strided(&padded, 1, pairs, 2)?)?
+                * 0.5)?;
             x = (conv.forward(&padded)? + pooled)?;
         }
         self.conv3.forward_at(&x, 2)
@@ -219,7 +239,14 @@ impl HybridUpsample {
                 None
             },
             spatial: if spatial {
-                Some(Conv2d::spatial_of_3d(channels, channels, 3, 1, 1, vb.pp("conv2"))?)
+                Some(Conv2d::spatial_of_3d(
+                    channels,
+                    channels,
+                    3,
+                    1,
+                    1,
+                    vb.pp("conv2"),
+                )?)
             } else {
                 None
             },
@@ -241,7 +268,9 @@ impl HybridUpsample {
         }
         if let Some(conv) = &self.spatial {
             let (b, t, c, h, w) = x.dims5()?;
-            let up = x.reshape((b * t, c, h, w))?.upsample_nearest2d(2 * h, 2 * w)?;
+            let up = x
+                .reshape((b * t, c, h, w))?
+                .upsample_nearest2d(2 * h, 2 * w)?;
             x = (conv.forward(&up)? + up)?.reshape((b, t, c, 2 * h, 2 * w))?;
         }
         self.conv3.forward_at(&x, 2)
@@ -278,11 +307,16 @@ impl Encoder3d {
             let block_out = ch * mult;
             let mut blocks = Vec::with_capacity(cfg.num_res_blocks);
             for b in 0..cfg.num_res_blocks {
-                blocks.push(ResnetBlock::new(block_in, block_out, vb_level.pp("block").pp(b))?);
+                blocks.push(ResnetBlock::new(
+                    block_in,
+                    block_out,
+                    vb_level.pp("block").pp(b),
+                )?);
                 block_in = block_out;
             }
             let (spatial, temporal) = cfg.encoder_downsample(level);
-            let resample = HybridDownsample::new(block_in, spatial, temporal, vb_level.pp("downsample"))?;
+            let resample =
+                HybridDownsample::new(block_in, spatial, temporal, vb_level.pp("downsample"))?;
             down.push(Level { blocks, resample });
         }
         Ok(Self {
@@ -342,11 +376,16 @@ impl Decoder3d {
             let block_out = ch * mult;
             let mut blocks = Vec::with_capacity(cfg.num_res_blocks + 1);
             for b in 0..=cfg.num_res_blocks {
-                blocks.push(ResnetBlock::new(block_in, block_out, vb_level.pp("block").pp(b))?);
+                blocks.push(ResnetBlock::new(
+                    block_in,
+                    block_out,
+                    vb_level.pp("block").pp(b),
+                )?);
                 block_in = block_out;
             }
             let (spatial, temporal) = cfg.decoder_upsample(level);
-            let resample = HybridUpsample::new(block_in, spatial, temporal, vb_level.pp("upsample"))?;
+            let resample =
+                HybridUpsample::new(block_in, spatial, temporal, vb_level.pp("upsample"))?;
             up_reversed.push(Level { blocks, resample });
         }
         up_reversed.reverse();

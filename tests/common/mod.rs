@@ -29,8 +29,20 @@ pub fn load_io(path: &std::path::Path) -> HashMap<String, Tensor> {
 /// Largest violation of `|got − want| <= atol + rtol·|want|`, as (max abs error, worst ratio).
 pub fn compare(got: &Tensor, want: &Tensor, atol: f64, rtol: f64) -> (f64, f64) {
     assert_eq!(got.dims(), want.dims(), "shape mismatch");
-    let g = got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let w = want.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let g = got
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let w = want
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     let mut max_abs: f64 = 0.0;
     let mut worst: f64 = 0.0;
     for (a, b) in g.iter().zip(&w) {
@@ -52,9 +64,26 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor) -> f64 {
 }
 
 pub fn assert_exact_i64(what: &str, got: &Tensor, want: &Tensor) {
-    let g = got.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1::<i64>().unwrap();
-    let w = want.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1::<i64>().unwrap();
+    let g = got
+        .to_dtype(DType::I64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap();
+    let w = want
+        .to_dtype(DType::I64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap();
     assert_eq!(got.dims(), want.dims(), "{what}: shape");
     let differing = g.iter().zip(&w).filter(|(a, b)| a != b).count();
-    assert_eq!(differing, 0, "{what}: {differing} of {} values differ", w.len());
+    assert_eq!(
+        differing,
+        0,
+        "{what}: {differing} of {} values differ",
+        w.len()
+    );
 }

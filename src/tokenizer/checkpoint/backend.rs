@@ -24,7 +24,10 @@ pub struct LoadReport {
 impl LoadReport {
     /// The first structured loading error, if building failed because of the checkpoint.
     pub fn take_error(&self) -> Option<TokenizerError> {
-        self.usage.lock().ok().and_then(|mut u| u.first_error.take())
+        self.usage
+            .lock()
+            .ok()
+            .and_then(|mut u| u.first_error.take())
     }
 
     /// (parameters used, sorted keys never requested).
@@ -52,7 +55,10 @@ pub struct CheckpointBackend {
 
 impl CheckpointBackend {
     pub fn new(tensors: HashMap<String, Tensor>, hint: String) -> Self {
-        let sizes = tensors.iter().map(|(k, t)| (k.clone(), t.elem_count())).collect();
+        let sizes = tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.elem_count()))
+            .collect();
         Self {
             tensors,
             hint,
@@ -106,7 +112,12 @@ impl candle_nn::var_builder::SimpleBackend for CheckpointBackend {
         tensor.to_dtype(dtype)?.to_device(device)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         match self.tensors.get(name) {
             Some(t) => t.to_dtype(dtype)?.to_device(device),
             None => Err(self.fail(TokenizerError::MissingKey {

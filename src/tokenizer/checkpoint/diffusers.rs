@@ -86,7 +86,9 @@ pub fn official_key_from_diffusers(key: &str, decoder_levels: usize) -> String {
             }
             ("conv_shortcut", _) => out.push("nin_shortcut.conv3d".into()),
             ("conv1" | "conv2" | "conv3", Some("weight" | "bias"))
-                if out.last().is_some_and(|p| p == "downsample" || p == "upsample") =>
+                if out
+                    .last()
+                    .is_some_and(|p| p == "downsample" || p == "upsample") =>
             {
                 out.push(format!("{part}.conv3d"));
             }
@@ -101,7 +103,9 @@ pub fn official_key_from_diffusers(key: &str, decoder_levels: usize) -> String {
 }
 
 /// Renames every tensor to its official key.
-pub fn official_from_diffusers(tensors: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+pub fn official_from_diffusers(
+    tensors: HashMap<String, Tensor>,
+) -> Result<HashMap<String, Tensor>> {
     let keys: Vec<&String> = tensors.keys().collect();
     let levels = level_count(&keys);
     if levels == 0 {
@@ -133,7 +137,10 @@ pub fn config_from_diffusers_json(value: &serde_json::Value) -> Result<NetworkCo
     };
     let encoder = list("encoder_block_out_channels")?;
     let decoder = list("decode_block_out_channels")?;
-    let channels = encoder.first().copied().ok_or_else(|| bad("empty encoder_block_out_channels"))?;
+    let channels = encoder
+        .first()
+        .copied()
+        .ok_or_else(|| bad("empty encoder_block_out_channels"))?;
     if channels == 0 {
         return Err(bad("zero channels"));
     }

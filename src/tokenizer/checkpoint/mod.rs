@@ -105,11 +105,15 @@ fn normalise_jit_keys(tensors: HashMap<String, Tensor>) -> HashMap<String, Tenso
 }
 
 fn read_config_json(path: &Path) -> Result<Option<NetworkConfig>> {
-    let text = std::fs::read_to_string(path).map_err(io_error(format!("reading `{}`", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(io_error(format!("reading `{}`", path.display())))?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| checkpoint_error(path, format!("config.json is not valid JSON: {e}")))?;
     // The Hugging Face repos ship `{"architectures": ["CosmosTokenizer"]}`, which says nothing.
-    if value.get("config").is_some() || value.get("network").is_some() || value.get("channels").is_some() {
+    if value.get("config").is_some()
+        || value.get("network").is_some()
+        || value.get("channels").is_some()
+    {
         return config::config_from_json(&text)
             .map(Some)
             .map_err(|e| checkpoint_error(path, e.to_string()));
@@ -138,7 +142,11 @@ pub fn read_weights(path: &Path) -> Result<Weights> {
         Some(c) if c.is_file() => read_config_json(&c)?,
         _ => None,
     };
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let (tensors, form) = match ext.as_str() {
         "safetensors" => {
             let tensors = read_safetensors(path)?;
@@ -373,13 +381,19 @@ fn resolve_config(
                     .join(", ")
             ))
         })?;
-        return Ok((variant.config, ConfigSource::Flag(name.clone()), variant.name.to_string()));
+        return Ok((
+            variant.config,
+            ConfigSource::Flag(name.clone()),
+            variant.name.to_string(),
+        ));
     }
     if let Some(config) = &weights.config {
         let name = released_name_of(config).unwrap_or_else(|| custom_name(config));
         return Ok((config.clone(), ConfigSource::ConfigJson, name));
     }
-    let path_text = origin.canonicalize().unwrap_or_else(|_| origin.to_path_buf());
+    let path_text = origin
+        .canonicalize()
+        .unwrap_or_else(|_| origin.to_path_buf());
     if let Some(variant) = config::find_variant_in_text(&path_text.display().to_string()) {
         return Ok((
             variant.config,
@@ -400,7 +414,11 @@ fn custom_name(config: &NetworkConfig) -> String {
     } else {
         format!("{s}x{s}")
     };
-    let lowres = if config.patch_size == 2 { "-LowRes" } else { "" };
+    let lowres = if config.patch_size == 2 {
+        "-LowRes"
+    } else {
+        ""
+    };
     format!("{}{rate}{lowres}-custom", config.family.name())
 }
 
@@ -417,7 +435,12 @@ fn shape_of(tensors: &HashMap<String, Tensor>, key: &str) -> Option<Vec<usize>> 
 }
 
 /// Output width of `encoder.down.{level}` / `decoder.up.{level}` (from its first block's conv1).
-fn level_width(tensors: &HashMap<String, Tensor>, prefix: &str, level: usize, video: bool) -> Option<usize> {
+fn level_width(
+    tensors: &HashMap<String, Tensor>,
+    prefix: &str,
+    level: usize,
+    video: bool,
+) -> Option<usize> {
     let key = if video {
         format!("{prefix}.{level}.block.0.conv1.0.conv3d.weight")
     } else {
@@ -426,7 +449,12 @@ fn level_width(tensors: &HashMap<String, Tensor>, prefix: &str, level: usize, vi
     shape_of(tensors, &key).and_then(|s| s.first().copied())
 }
 
-fn level_mults(tensors: &HashMap<String, Tensor>, prefix: &str, channels: usize, video: bool) -> Vec<usize> {
+fn level_mults(
+    tensors: &HashMap<String, Tensor>,
+    prefix: &str,
+    channels: usize,
+    video: bool,
+) -> Vec<usize> {
     (0..)
         .map_while(|level| level_width(tensors, prefix, level, video))
         .map(|width| width / channels.max(1))
@@ -436,9 +464,17 @@ fn level_mults(tensors: &HashMap<String, Tensor>, prefix: &str, channels: usize,
 /// The checkpoint's own structure (widths, levels, blocks per level) wins over the configuration:
 /// the released CV4x8x8 files and the official 0.1 class disagree about the levels, and a name in a
 /// path says which compression a model has, not how wide it is. Every change is noted.
-fn reconcile_structure(config: &mut NetworkConfig, tensors: &HashMap<String, Tensor>, notes: &mut Vec<String>) {
+fn reconcile_structure(
+    config: &mut NetworkConfig,
+    tensors: &HashMap<String, Tensor>,
+    notes: &mut Vec<String>,
+) {
     let video = config.family.is_video();
-    let conv_in = if video { "encoder.conv_in.0.conv3d.weight" } else { "encoder.conv_in.weight" };
+    let conv_in = if video {
+        "encoder.conv_in.0.conv3d.weight"
+    } else {
+        "encoder.conv_in.weight"
+    };
     if let Some(channels) = shape_of(tensors, conv_in).and_then(|s| s.first().copied()) {
         if channels != config.channels {
             notes.push(format!(
@@ -449,7 +485,11 @@ fn reconcile_structure(config: &mut NetworkConfig, tensors: &HashMap<String, Ten
         }
     }
     let blocks = (0..)
-        .take_while(|b| tensors.keys().any(|k| k.starts_with(&format!("encoder.down.0.block.{b}."))))
+        .take_while(|b| {
+            tensors
+                .keys()
+                .any(|k| k.starts_with(&format!("encoder.down.0.block.{b}.")))
+        })
         .count();
     if blocks > 0 && blocks != config.num_res_blocks {
         notes.push(format!(
@@ -458,8 +498,16 @@ fn reconcile_structure(config: &mut NetworkConfig, tensors: &HashMap<String, Ten
         ));
         config.num_res_blocks = blocks;
     }
-    let conv_out = if video { "encoder.conv_out.0.conv3d.weight" } else { "encoder.conv_out.weight" };
-    let post_quant = if video { "post_quant_conv.conv3d.weight" } else { "post_quant_conv.weight" };
+    let conv_out = if video {
+        "encoder.conv_out.0.conv3d.weight"
+    } else {
+        "encoder.conv_out.weight"
+    };
+    let post_quant = if video {
+        "post_quant_conv.conv3d.weight"
+    } else {
+        "post_quant_conv.weight"
+    };
     let z_channels = shape_of(tensors, conv_out)
         .and_then(|s| s.first().copied())
         .or_else(|| shape_of(tensors, post_quant).and_then(|s| s.first().copied()));
@@ -511,9 +559,25 @@ fn infer_config(origin: &Path, tensors: &HashMap<String, Tensor>) -> Result<Netw
     }
     .ok_or_else(|| fail("no conv_in weight"))?;
     let discrete = tensors.keys().any(|k| k.starts_with("quantizer."))
-        || shape_of(tensors, if video { "quant_conv.conv3d.weight" } else { "quant_conv.weight" })
-            .or_else(|| shape_of(tensors, if video { "post_quant_conv.conv3d.weight" } else { "post_quant_conv.weight" }))
-            .is_some_and(|s| s.first() == Some(&6) || s.get(1) == Some(&6));
+        || shape_of(
+            tensors,
+            if video {
+                "quant_conv.conv3d.weight"
+            } else {
+                "quant_conv.weight"
+            },
+        )
+        .or_else(|| {
+            shape_of(
+                tensors,
+                if video {
+                    "post_quant_conv.conv3d.weight"
+                } else {
+                    "post_quant_conv.weight"
+                },
+            )
+        })
+        .is_some_and(|s| s.first() == Some(&6) || s.get(1) == Some(&6));
     let family = match (video, discrete) {
         (false, false) => Family::CI,
         (false, true) => Family::DI,
@@ -532,12 +596,18 @@ fn infer_config(origin: &Path, tensors: &HashMap<String, Tensor>) -> Result<Netw
         .ok_or_else(|| fail("no encoder.conv_out weight"))?;
         (out, inp, z)
     } else {
-        return Err(fail("only decoder weights, which do not pin down the encoder"));
+        return Err(fail(
+            "only decoder weights, which do not pin down the encoder",
+        ));
     };
     let patch_size = match (video, patched) {
         (false, 48) | (true, 192) => 4,
         (false, 12) | (true, 24) => 2,
-        _ => return Err(fail(&format!("{patched} input channels after the wavelet patcher"))),
+        _ => {
+            return Err(fail(&format!(
+                "{patched} input channels after the wavelet patcher"
+            )))
+        }
     };
     let channels_mult = level_mults(tensors, "encoder.down", channels, video);
     let decoder_channels_mult = {
@@ -549,24 +619,39 @@ fn infer_config(origin: &Path, tensors: &HashMap<String, Tensor>) -> Result<Netw
         }
     };
     let num_res_blocks = (0..)
-        .take_while(|b| tensors.keys().any(|k| k.starts_with(&format!("encoder.down.0.block.{b}."))))
+        .take_while(|b| {
+            tensors
+                .keys()
+                .any(|k| k.starts_with(&format!("encoder.down.0.block.{b}.")))
+        })
         .count();
     // Resampler keys: spatial steps are unambiguous for images; for video only when the file
     // holds just the convolutions that are used (the 1.0 / diffusers key set).
     let levels = channels_mult.len();
     let has = |key: String| tensors.contains_key(&key);
     let (spatial_steps, temporal_steps) = if video {
-        let spatial: Vec<bool> = (0..levels).map(|i| has(format!("encoder.down.{i}.downsample.conv1.conv3d.weight"))).collect();
-        let temporal: Vec<bool> = (0..levels).map(|i| has(format!("encoder.down.{i}.downsample.conv2.conv3d.weight"))).collect();
+        let spatial: Vec<bool> = (0..levels)
+            .map(|i| has(format!("encoder.down.{i}.downsample.conv1.conv3d.weight")))
+            .collect();
+        let temporal: Vec<bool> = (0..levels)
+            .map(|i| has(format!("encoder.down.{i}.downsample.conv2.conv3d.weight")))
+            .collect();
         let prefix_len = |flags: &[bool]| flags.iter().take_while(|f| **f).count();
         let (s, t) = (prefix_len(&spatial), prefix_len(&temporal));
-        let consistent = spatial.iter().filter(|f| **f).count() == s && temporal.iter().filter(|f| **f).count() == t;
-        if !consistent || s == levels || t == levels || s + 1 == levels && t + 1 == levels && levels > 2 {
+        let consistent = spatial.iter().filter(|f| **f).count() == s
+            && temporal.iter().filter(|f| **f).count() == t;
+        if !consistent
+            || s == levels
+            || t == levels
+            || s + 1 == levels && t + 1 == levels && levels > 2
+        {
             return Err(fail("the file holds resampler weights that the forward pass never uses, so the compression rate is ambiguous"));
         }
         (s, t)
     } else {
-        let s = (0..levels).filter(|i| has(format!("encoder.down.{i}.downsample.conv.weight"))).count();
+        let s = (0..levels)
+            .filter(|i| has(format!("encoder.down.{i}.downsample.conv.weight")))
+            .count();
         (s, 0)
     };
     let config = NetworkConfig {
@@ -579,13 +664,24 @@ fn infer_config(origin: &Path, tensors: &HashMap<String, Tensor>) -> Result<Netw
         latent_channels: if discrete {
             6
         } else {
-            shape_of(tensors, if video { "quant_conv.conv3d.weight" } else { "quant_conv.weight" })
-                .and_then(|s| s.first().copied())
-                .unwrap_or(16)
+            shape_of(
+                tensors,
+                if video {
+                    "quant_conv.conv3d.weight"
+                } else {
+                    "quant_conv.weight"
+                },
+            )
+            .and_then(|s| s.first().copied())
+            .unwrap_or(16)
         },
         patch_size,
         spatial_compression: patch_size << spatial_steps,
-        temporal_compression: if video { patch_size << temporal_steps } else { 1 },
+        temporal_compression: if video {
+            patch_size << temporal_steps
+        } else {
+            1
+        },
         legacy_mode: false,
     };
     config.check()?;

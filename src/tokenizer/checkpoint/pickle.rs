@@ -382,16 +382,16 @@ impl<'a> Vm<'a> {
     /// A newline-terminated line of at most `MAX_GLOBAL_LEN` bytes (for `GLOBAL`).
     fn read_line(&mut self) -> Result<&'a str> {
         let rest = self.data.get(self.pos..).unwrap_or_default();
-        let window = rest.get(..rest.len().min(MAX_GLOBAL_LEN + 1)).unwrap_or(rest);
+        let window = rest
+            .get(..rest.len().min(MAX_GLOBAL_LEN + 1))
+            .unwrap_or(rest);
         let Some(len) = window.iter().position(|&b| b == b'\n') else {
             if rest.len() <= MAX_GLOBAL_LEN {
                 return Err(PickleError::Truncated {
                     offset: self.data.len() as u64,
                 });
             }
-            return Err(self.malformed(format!(
-                "GLOBAL name longer than {MAX_GLOBAL_LEN} bytes"
-            )));
+            return Err(self.malformed(format!("GLOBAL name longer than {MAX_GLOBAL_LEN} bytes")));
         };
         let line = self.take(len)?;
         self.take(1)?;
@@ -405,7 +405,8 @@ impl<'a> Vm<'a> {
             )));
         }
         let bytes = self.take(len)?;
-        let s = std::str::from_utf8(bytes).map_err(|_| self.malformed("string is not valid UTF-8"))?;
+        let s =
+            std::str::from_utf8(bytes).map_err(|_| self.malformed("string is not valid UTF-8"))?;
         Ok(s.to_owned())
     }
 
@@ -477,11 +478,10 @@ impl<'a> Vm<'a> {
     }
 
     fn memo_get(&mut self, key: u32) -> Result<()> {
-        let v = self
-            .memo
-            .get(&key)
-            .copied()
-            .ok_or_else(|| self.malformed(format!("memo entry {key} is used before it is set")))?;
+        let v =
+            self.memo.get(&key).copied().ok_or_else(|| {
+                self.malformed(format!("memo entry {key} is used before it is set"))
+            })?;
         self.push(v)
     }
 
@@ -500,7 +500,7 @@ impl<'a> Vm<'a> {
             Value::Float(f) => format!("the float {f}"),
             Value::Obj(_) => match self.obj(v) {
                 Some(Obj::Str(_)) => "a string".into(),
-                Some(Obj::Tuple(t)) => format!("a tuple of {} items", t.len()),
+                Some(Obj::Tuple(t)) => format!("a tuple of length {}", t.len()),
                 Some(Obj::List(_)) => "a list".into(),
                 Some(Obj::Dict(_)) => "a dict".into(),
                 Some(Obj::Global(g)) => match g {
@@ -580,9 +580,9 @@ impl<'a> Vm<'a> {
                 op::LONG1 => {
                     let n = usize::from(self.read_u8()?);
                     if n > 8 {
-                        return Err(self.malformed(format!(
-                            "integer of {n} bytes does not fit in 64 bits"
-                        )));
+                        return Err(
+                            self.malformed(format!("integer of {n} bytes does not fit in 64 bits"))
+                        );
                     }
                     let bytes = self.take(n)?;
                     let mut buf = [0u8; 8];
@@ -841,8 +841,9 @@ impl<'a> Vm<'a> {
             return Err(bad("the device name is too long".into()));
         }
         let numel = match *numel {
-            Value::Int(n) => u64::try_from(n)
-                .map_err(|_| bad(format!("negative element count {n}")))?,
+            Value::Int(n) => {
+                u64::try_from(n).map_err(|_| bad(format!("negative element count {n}")))?
+            }
             other => {
                 return Err(bad(format!(
                     "the element count is {}, not an int",
@@ -885,7 +886,9 @@ impl<'a> Vm<'a> {
 
     fn reduce(&self, callable: Value, args: Value) -> Result<Obj> {
         match self.obj(callable) {
-            Some(Obj::Global(Global::RebuildTensorV2)) => self.rebuild_tensor(args).map(Obj::Tensor),
+            Some(Obj::Global(Global::RebuildTensorV2)) => {
+                self.rebuild_tensor(args).map(Obj::Tensor)
+            }
             Some(Obj::Global(Global::OrderedDict))
                 if self.tuple_of(args).is_some_and(|a| a.is_empty()) =>
             {
@@ -917,7 +920,9 @@ impl<'a> Vm<'a> {
             .iter()
             .map(|item| match *item {
                 Value::Int(n) => u64::try_from(n).map_err(|_| {
-                    self.malformed(format!("invalid tensor: {what} contains the negative value {n}"))
+                    self.malformed(format!(
+                        "invalid tensor: {what} contains the negative value {n}"
+                    ))
                 }),
                 other => Err(self.malformed(format!(
                     "invalid tensor: {what} contains {}, not an int",
@@ -985,8 +990,7 @@ impl<'a> Vm<'a> {
                 self.describe(hooks)
             )));
         }
-        if !(matches!(metadata, Value::None) || matches!(self.obj(metadata), Some(Obj::Dict(_))))
-        {
+        if !(matches!(metadata, Value::None) || matches!(self.obj(metadata), Some(Obj::Dict(_)))) {
             return Err(self.malformed(format!(
                 "invalid tensor: metadata is {}, not a dict",
                 self.describe(metadata)
@@ -999,7 +1003,10 @@ impl<'a> Vm<'a> {
                 .checked_mul(s)
                 .filter(|&n| n <= MAX_NUMEL)
                 .ok_or_else(|| {
-                    Self::limit_u64(format!("element count of a tensor of size {size:?}"), MAX_NUMEL)
+                    Self::limit_u64(
+                        format!("element count of a tensor of size {size:?}"),
+                        MAX_NUMEL,
+                    )
                 })?;
         }
         if numel > 0 {
@@ -1102,7 +1109,10 @@ impl<'a> Vm<'a> {
         for &(k, v) in pairs {
             walk.visits += 1;
             if walk.visits > MAX_VISITS {
-                return Err(Self::limit("number of module attributes visited", MAX_VISITS));
+                return Err(Self::limit(
+                    "number of module attributes visited",
+                    MAX_VISITS,
+                ));
             }
             let Some(k) = self.str_of(k) else {
                 return Err(PickleError::Structure {
@@ -1185,9 +1195,7 @@ struct Walk {
 /// `offset + Σ (size_i - 1) * stride_i` for a tensor with at least one element, or `None` on
 /// overflow.
 pub(crate) fn last_index(offset: u64, size: &[u64], stride: &[u64]) -> Option<u64> {
-    size.iter()
-        .zip(stride)
-        .try_fold(offset, |acc, (&s, &st)| {
-            acc.checked_add(s.checked_sub(1)?.checked_mul(st)?)
-        })
+    size.iter().zip(stride).try_fold(offset, |acc, (&s, &st)| {
+        acc.checked_add(s.checked_sub(1)?.checked_mul(st)?)
+    })
 }

@@ -159,7 +159,7 @@ pub enum TorchScriptError {
         file: String,
         tensor: String,
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -251,13 +251,11 @@ fn pickle_error(file: &str, err: PickleError) -> TorchScriptError {
             opcode: format!("0x{opcode:02x} ({})", pickle::opcode_name(opcode)),
             offset,
         },
-        PickleError::DisallowedGlobal { global, offset } => {
-            TorchScriptError::DisallowedGlobal {
-                file,
-                global,
-                offset,
-            }
-        }
+        PickleError::DisallowedGlobal { global, offset } => TorchScriptError::DisallowedGlobal {
+            file,
+            global,
+            offset,
+        },
         PickleError::UnsupportedDtype { storage, offset } => TorchScriptError::Unsupported {
             file,
             detail: format!(
@@ -679,7 +677,7 @@ fn build_tensor(
         TorchScriptError::Tensor {
             file: label.to_owned(),
             tensor: t.name.clone(),
-            source,
+            source: Box::new(source),
         }
     })
 }
