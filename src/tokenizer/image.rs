@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::config::NetworkConfig;
 use super::haar;
-use super::layers::{attention_channels_first, swish, Conv2d, Norm, Pointwise};
+use super::layers::{attention_channels_first, Conv2d, Norm, Pointwise};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -40,8 +40,8 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&swish(&self.norm1.forward(x)?)?)?;
-        let h = self.conv2.forward(&swish(&self.norm2.forward(&h)?)?)?;
+        let h = self.conv1.forward(&self.norm1.forward_swish(x)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_swish(&h)?)?;
         let shortcut = match &self.nin_shortcut {
             Some(conv) => conv.forward_at(x, 1)?,
             None => x.clone(),
@@ -214,7 +214,7 @@ impl Encoder2d {
             }
         }
         let h = self.mid.forward(&h)?;
-        self.conv_out.forward(&swish(&self.norm_out.forward(&h)?)?)
+        self.conv_out.forward(&self.norm_out.forward_swish(&h)?)
     }
 }
 
@@ -290,7 +290,7 @@ impl Decoder2d {
                 h = up.forward(&h)?;
             }
         }
-        self.conv_out.forward(&swish(&self.norm_out.forward(&h)?)?)
+        self.conv_out.forward(&self.norm_out.forward_swish(&h)?)
     }
 
     pub fn unpatch(&self, x: &Tensor) -> crate::tokenizer::Result<Tensor> {

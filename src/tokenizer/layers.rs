@@ -6,7 +6,7 @@
 //! the batch for free, and a (3,1,1) causal convolution becomes one matrix product over channels of
 //! three time-shifted frames.
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::ops;
@@ -231,41 +231,56 @@ impl FactorizedConv {
 /// GroupNorm with eps 1e-6: 32 groups over (C, H, W) for images, one group per frame for video.
 #[derive(Clone, Debug)]
 pub struct Norm {
-    inner: candle_nn::GroupNorm,
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
 }
 
 impl Norm {
+    const EPS: f64 = 1e-6;
+
+    fn new(channels: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
+        if groups == 0 || channels % groups != 0 {
+            candle_core::bail!("GroupNorm: {groups} groups do not divide {channels} channels");
+        }
+        Ok(Self {
+            weight: vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.0))?,
+            groups,
+        })
+    }
+
     /// 2-D: GroupNorm(32) with keys `<prefix>.weight`, `<prefix>.bias`.
     pub fn new_2d(channels: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            inner: candle_nn::group_norm(32, channels, 1e-6, vb)?,
-        })
+        Self::new(channels, 32, vb)
     }
 
     /// 3-D: `CausalNormalize` with one group, keys `<prefix>.norm.weight`, `<prefix>.norm.bias`.
     pub fn new_per_frame(channels: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            inner: candle_nn::group_norm(1, channels, 1e-6, vb.pp("norm"))?,
-        })
+        Self::new(channels, 1, vb.pp("norm"))
     }
 
     /// NCHW (or any (N, C, ...)) input.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.inner.forward(x)
+        ops::group_norm(x, self.groups, &self.weight, &self.bias, Self::EPS, false)
+    }
+
+    /// `swish(norm(x))` in one pass where possible.
+    pub fn forward_swish(&self, x: &Tensor) -> Result<Tensor> {
+        ops::group_norm(x, self.groups, &self.weight, &self.bias, Self::EPS, true)
     }
 
     /// Frame-major video: every frame normalised on its own.
     pub fn forward_frames(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
-        self.inner
-            .forward(&x.reshape((b * t, c, h, w))?)?
-            .reshape((b, t, c, h, w))
+        self.forward(&x.reshape((b * t, c, h, w))?)?.reshape((b, t, c, h, w))
     }
-}
 
-/// `x · sigmoid(x)`.
-pub fn swish(x: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::silu(x)
+    /// `swish(norm(x))` on frame-major video.
+    pub fn forward_frames_swish(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, c, h, w) = x.dims5()?;
+        self.forward_swish(&x.reshape((b * t, c, h, w))?)?.reshape((b, t, c, h, w))
+    }
 }
 
 /// Softmax over the last axis, computed in f32 for half-precision inputs.

@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use super::config::NetworkConfig;
 use super::haar;
 use super::layers::{
-    attention_channels_first, frames_strided, replicate_first_frame, swish, Conv2d, FactorizedConv,
+    attention_channels_first, frames_strided, replicate_first_frame, Conv2d, FactorizedConv,
     Norm, Pointwise, TemporalConv,
 };
 
@@ -45,10 +45,10 @@ impl ResnetBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self
             .conv1
-            .forward(&swish(&self.norm1.forward_frames(x)?)?)?;
+            .forward(&self.norm1.forward_frames_swish(x)?)?;
         let h = self
             .conv2
-            .forward(&swish(&self.norm2.forward_frames(&h)?)?)?;
+            .forward(&self.norm2.forward_frames_swish(&h)?)?;
         let shortcut = match &self.nin_shortcut {
             Some(conv) => conv.forward_at(x, 2)?,
             None => x.clone(),
@@ -347,7 +347,7 @@ impl Encoder3d {
         }
         let h = self.mid.forward(&h)?;
         self.conv_out
-            .forward(&swish(&self.norm_out.forward_frames(&h)?)?)
+            .forward(&self.norm_out.forward_frames_swish(&h)?)
     }
 }
 
@@ -412,7 +412,7 @@ impl Decoder3d {
             }
         }
         self.conv_out
-            .forward(&swish(&self.norm_out.forward_frames(&h)?)?)
+            .forward(&self.norm_out.forward_frames_swish(&h)?)
     }
 
     pub fn unpatch(&self, x: &Tensor) -> crate::tokenizer::Result<Tensor> {
