@@ -37,7 +37,7 @@ pub(crate) const MAX_GLOBAL_LEN: usize = 4096;
 pub(crate) const MAX_DEPTH: usize = 128;
 /// Most attributes visited while walking the module tree (guards against shared sub-trees
 /// that would make the walk exponential).
-pub(crate) const MAX_VISITS: usize = 1 << 22;
+pub(crate) const MAX_VISITS: usize = 1 << 20;
 /// Most tensors one archive may hold.
 pub(crate) const MAX_TENSORS: usize = 1 << 20;
 /// Largest tensor rank.
@@ -703,24 +703,22 @@ impl<'a> Vm<'a> {
                 op::BUILD => {
                     let state = self.pop()?;
                     let target = self.top()?;
-                    let target_desc = self.describe(target);
-                    match target {
+                    let slot = match target {
                         Value::Obj(id) => match self.objs.get_mut(id) {
-                            Some(Obj::Module { state: slot @ None }) => *slot = Some(state),
-                            Some(Obj::Module { .. }) => {
-                                return Err(self.malformed("BUILD applied twice to one module"))
-                            }
-                            _ => {
-                                return Err(self.malformed(format!(
-                                    "BUILD applied to {target_desc}; only TorchScript modules \
-                                     can be built"
-                                )))
-                            }
+                            Some(Obj::Module { state: slot }) => Some(slot),
+                            _ => None,
                         },
-                        _ => {
+                        _ => None,
+                    };
+                    match slot {
+                        Some(slot @ None) => *slot = Some(state),
+                        Some(Some(_)) => {
+                            return Err(self.malformed("BUILD applied twice to one module"))
+                        }
+                        None => {
                             return Err(self.malformed(format!(
-                                "BUILD applied to {target_desc}; only TorchScript modules can \
-                                 be built"
+                                "BUILD applied to {}; only TorchScript modules can be built",
+                                self.describe(target)
                             )))
                         }
                     }
@@ -736,31 +734,43 @@ impl<'a> Vm<'a> {
     }
 
     fn list_mut(&mut self, v: Value) -> Result<&mut Vec<Value>> {
-        let desc = self.describe(v);
-        let op_pos = self.op_pos;
-        if let Value::Obj(id) = v {
-            if let Some(Obj::List(l)) = self.objs.get_mut(id) {
-                return Ok(l);
+        let id = match v {
+            Value::Obj(id) if matches!(self.objs.get(id), Some(Obj::List(_))) => id,
+            _ => {
+                return Err(self.malformed(format!(
+                    "APPEND to {}, which is not a list",
+                    self.describe(v)
+                )))
             }
+        };
+        let offset = self.op_pos as u64;
+        match self.objs.get_mut(id) {
+            Some(Obj::List(l)) => Ok(l),
+            _ => Err(PickleError::Malformed {
+                offset,
+                detail: "APPEND to something that is not a list".into(),
+            }),
         }
-        Err(PickleError::Malformed {
-            offset: op_pos as u64,
-            detail: format!("APPEND to {desc}, which is not a list"),
-        })
     }
 
     fn dict_mut(&mut self, v: Value) -> Result<&mut Vec<(Value, Value)>> {
-        let desc = self.describe(v);
-        let op_pos = self.op_pos;
-        if let Value::Obj(id) = v {
-            if let Some(Obj::Dict(d)) = self.objs.get_mut(id) {
-                return Ok(d);
+        let id = match v {
+            Value::Obj(id) if matches!(self.objs.get(id), Some(Obj::Dict(_))) => id,
+            _ => {
+                return Err(self.malformed(format!(
+                    "SETITEM on {}, which is not a dict",
+                    self.describe(v)
+                )))
             }
+        };
+        let offset = self.op_pos as u64;
+        match self.objs.get_mut(id) {
+            Some(Obj::Dict(d)) => Ok(d),
+            _ => Err(PickleError::Malformed {
+                offset,
+                detail: "SETITEM on something that is not a dict".into(),
+            }),
         }
-        Err(PickleError::Malformed {
-            offset: op_pos as u64,
-            detail: format!("SETITEM on {desc}, which is not a dict"),
-        })
     }
 
     fn resolve_global(&self, module: &str, name: &str) -> Result<Global> {
