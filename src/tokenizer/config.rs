@@ -248,7 +248,7 @@ impl NetworkConfig {
         width: usize,
     ) -> Result<(), TokenizerError> {
         let sc = self.spatial_compression;
-        if height == 0 || width == 0 || height % sc != 0 || width % sc != 0 {
+        if height == 0 || width == 0 || !height.is_multiple_of(sc) || !width.is_multiple_of(sc) {
             return Err(TokenizerError::InvalidInput(format!(
                 "height and width must be positive multiples of {sc} for this model, got {height}x{width} \
                  (the media commands pad automatically; raw tensors must already be padded)"
@@ -256,7 +256,7 @@ impl NetworkConfig {
         }
         if self.family.is_video() {
             let tc = self.temporal_compression;
-            if frames == 0 || (frames - 1) % tc != 0 {
+            if frames == 0 || !(frames - 1).is_multiple_of(tc) {
                 return Err(TokenizerError::InvalidInput(format!(
                     "the frame count must be 1 + k*{tc} for this model, got {frames}"
                 )));

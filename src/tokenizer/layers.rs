@@ -240,7 +240,7 @@ impl Norm {
     const EPS: f64 = 1e-6;
 
     fn new(channels: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             candle_core::bail!("GroupNorm: {groups} groups do not divide {channels} channels");
         }
         Ok(Self {

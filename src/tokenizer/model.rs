@@ -60,14 +60,14 @@ pub struct DecodeTrace {
 
 #[derive(Clone, Debug)]
 enum EncoderNet {
-    Image(Encoder2d),
-    Video(Encoder3d),
+    Image(Box<Encoder2d>),
+    Video(Box<Encoder3d>),
 }
 
 #[derive(Clone, Debug)]
 enum DecoderNet {
-    Image(Decoder2d),
-    Video(Decoder3d),
+    Image(Box<Decoder2d>),
+    Video(Box<Decoder3d>),
 }
 
 /// Haar taps stored in the checkpoint's `wavelets` buffers (absent in safetensors files).
@@ -116,9 +116,9 @@ impl Tokenizer {
         };
         let encoder = if build_encoder {
             let net = if video {
-                EncoderNet::Video(Encoder3d::new(config, taps.encoder, vb.pp("encoder"))?)
+                EncoderNet::Video(Box::new(Encoder3d::new(config, taps.encoder, vb.pp("encoder"))?))
             } else {
-                EncoderNet::Image(Encoder2d::new(config, taps.encoder, vb.pp("encoder"))?)
+                EncoderNet::Image(Box::new(Encoder2d::new(config, taps.encoder, vb.pp("encoder"))?))
             };
             let quant_conv = new_pointwise(
                 config.z_channels,
@@ -136,9 +136,9 @@ impl Tokenizer {
                 vb.pp("post_quant_conv"),
             )?;
             let net = if video {
-                DecoderNet::Video(Decoder3d::new(config, taps.decoder, vb.pp("decoder"))?)
+                DecoderNet::Video(Box::new(Decoder3d::new(config, taps.decoder, vb.pp("decoder"))?))
             } else {
-                DecoderNet::Image(Decoder2d::new(config, taps.decoder, vb.pp("decoder"))?)
+                DecoderNet::Image(Box::new(Decoder2d::new(config, taps.decoder, vb.pp("decoder"))?))
             };
             Some((post_quant_conv, net))
         } else {
