@@ -4,5 +4,8 @@
 
 pub mod cli;
 pub mod device;
+pub mod hub;
 pub mod io;
+pub mod media;
+pub mod metrics;
 pub mod tokenizer;

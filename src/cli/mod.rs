@@ -1,7 +1,9 @@
 //! The command line: one file per subcommand. Errors are reported once, by `main`.
 
 mod bench;
+mod eval;
 mod info;
+mod models;
 mod tensors;
 
 use std::path::PathBuf;
@@ -39,13 +41,20 @@ enum Command {
     Variants,
     /// Time encode and decode of a full-size network with random weights.
     Bench(bench::BenchArgs),
+    /// Run models on images/videos through the official wrapper and tabulate PSNR, SSIM, bits per
+    /// pixel and timings.
+    Eval(eval::EvalArgs),
+    /// The released checkpoints on the Hugging Face Hub: list them with their cache status, fetch
+    /// them into the cache.
+    Models(models::ModelsArgs),
 }
 
 /// Which checkpoint, and where to run it.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Checkpoint folder (encoder.jit + decoder.jit, autoencoder.jit, model.safetensors, diffusers)
-    /// or a single .jit / .safetensors file.
+    /// Checkpoint folder (encoder.jit + decoder.jit, autoencoder.jit, model.safetensors, diffusers),
+    /// a single .jit / .safetensors file, or a model name (CV8x8x8, DV8x16x16-720p,
+    /// nvidia/Cosmos-0.1-Tokenizer-CV8x8x8) taken from the Hugging Face cache, fetched when missing.
     #[arg(long, short = 'm')]
     pub model: PathBuf,
     /// Variant name or Hugging Face repo id (e.g. CV8x8x8, nvidia/Cosmos-Tokenize1-DV8x16x16-720p);
@@ -82,13 +91,14 @@ impl ModelArgs {
             device,
             dtype,
         };
-        let loaded = checkpoint::load(&self.model, &options)
-            .with_context(|| format!("loading `{}`", self.model.display()))?;
+        let path = models::resolve_model_arg(&self.model)?;
+        let loaded = checkpoint::load(&path, &options)
+            .with_context(|| format!("loading `{}`", path.display()))?;
         eprintln!(
             "model: {} ({}) from {} [{}], variant from {}",
             loaded.variant_name,
             loaded.tokenizer.config().family.describe(),
-            self.model.display(),
+            path.display(),
             loaded.form.describe(),
             loaded.config_source
         );
@@ -97,6 +107,12 @@ impl ModelArgs {
         }
         Ok(loaded)
     }
+}
+
+/// A `--model` value as a path: an existing file or folder as it is; else a model name or repo
+/// id, from the Hugging Face cache or fetched into it.
+pub fn resolve_model_path(spec: &str) -> anyhow::Result<PathBuf> {
+    models::resolve_model_arg(std::path::Path::new(spec))
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -111,5 +127,7 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::Models(args) => models::run(&args),
     }
 }

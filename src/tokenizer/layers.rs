@@ -273,13 +273,15 @@ impl Norm {
     /// Frame-major video: every frame normalised on its own.
     pub fn forward_frames(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
-        self.forward(&x.reshape((b * t, c, h, w))?)?.reshape((b, t, c, h, w))
+        self.forward(&x.reshape((b * t, c, h, w))?)?
+            .reshape((b, t, c, h, w))
     }
 
     /// `swish(norm(x))` on frame-major video.
     pub fn forward_frames_swish(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
-        self.forward_swish(&x.reshape((b * t, c, h, w))?)?.reshape((b, t, c, h, w))
+        self.forward_swish(&x.reshape((b * t, c, h, w))?)?
+            .reshape((b, t, c, h, w))
     }
 }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod fsq;
 pub mod haar;
 pub mod image;
+pub mod kernels;
 pub mod layers;
 pub mod model;
 mod ops;

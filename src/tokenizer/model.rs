@@ -116,9 +116,17 @@ impl Tokenizer {
         };
         let encoder = if build_encoder {
             let net = if video {
-                EncoderNet::Video(Box::new(Encoder3d::new(config, taps.encoder, vb.pp("encoder"))?))
+                EncoderNet::Video(Box::new(Encoder3d::new(
+                    config,
+                    taps.encoder,
+                    vb.pp("encoder"),
+                )?))
             } else {
-                EncoderNet::Image(Box::new(Encoder2d::new(config, taps.encoder, vb.pp("encoder"))?))
+                EncoderNet::Image(Box::new(Encoder2d::new(
+                    config,
+                    taps.encoder,
+                    vb.pp("encoder"),
+                )?))
             };
             let quant_conv = new_pointwise(
                 config.z_channels,
@@ -136,9 +144,17 @@ impl Tokenizer {
                 vb.pp("post_quant_conv"),
             )?;
             let net = if video {
-                DecoderNet::Video(Box::new(Decoder3d::new(config, taps.decoder, vb.pp("decoder"))?))
+                DecoderNet::Video(Box::new(Decoder3d::new(
+                    config,
+                    taps.decoder,
+                    vb.pp("decoder"),
+                )?))
             } else {
-                DecoderNet::Image(Box::new(Decoder2d::new(config, taps.decoder, vb.pp("decoder"))?))
+                DecoderNet::Image(Box::new(Decoder2d::new(
+                    config,
+                    taps.decoder,
+                    vb.pp("decoder"),
+                )?))
             };
             Some((post_quant_conv, net))
         } else {

@@ -13,20 +13,12 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let y = x.conv2d(weight, padding, stride, 1, 1)?;
-    match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-        None => Ok(y),
-    }
+    super::kernels::conv2d(x, weight, bias, stride, padding)
 }
 
 /// Linear map over channels: x (N, I, S), weight (O, I) → (N, O, S).
 pub fn pointwise(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let y = weight.broadcast_matmul(x)?;
-    match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1))?),
-        None => Ok(y),
-    }
+    super::kernels::pointwise(x, weight, bias)
 }
 
 /// `swish(group_norm(x))` (or just the norm) over (N, C, ...) tensors, eps inside the square root,
@@ -61,7 +53,10 @@ pub fn group_norm(
     let mean = grouped.mean_keepdim(2)?;
     let centered = grouped.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(2)?;
-    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)?.reshape(dims.as_slice())?;
+    let normed = centered
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .to_dtype(dtype)?
+        .reshape(dims.as_slice())?;
     let mut affine_shape = vec![1usize; dims.len()];
     if let Some(slot) = affine_shape.get_mut(1) {
         *slot = c;
@@ -104,7 +99,11 @@ fn group_norm_cpu(
         .for_each(|(block, (out, inp))| {
             let len = inp.len().max(1) as f64;
             let mean = inp.iter().map(|&v| f64::from(v)).sum::<f64>() / len;
-            let var = inp.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / len;
+            let var = inp
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / len;
             let rstd = 1.0 / (var + eps).sqrt();
             let group = block % groups;
             for (k, (o_ch, i_ch)) in out

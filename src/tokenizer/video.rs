@@ -7,8 +7,8 @@ use candle_nn::VarBuilder;
 use super::config::NetworkConfig;
 use super::haar;
 use super::layers::{
-    attention_channels_first, frames_strided, replicate_first_frame, Conv2d, FactorizedConv,
-    Norm, Pointwise, TemporalConv,
+    attention_channels_first, frames_strided, replicate_first_frame, Conv2d, FactorizedConv, Norm,
+    Pointwise, TemporalConv,
 };
 
 type Result<T> = candle_core::Result<T>;
@@ -43,12 +43,8 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self
-            .conv1
-            .forward(&self.norm1.forward_frames_swish(x)?)?;
-        let h = self
-            .conv2
-            .forward(&self.norm2.forward_frames_swish(&h)?)?;
+        let h = self.conv1.forward(&self.norm1.forward_frames_swish(x)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_frames_swish(&h)?)?;
         let shortcut = match &self.nin_shortcut {
             Some(conv) => conv.forward_at(x, 2)?,
             None => x.clone(),

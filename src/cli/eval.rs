@@ -1,0 +1,452 @@
+//! `eval`: every model on every input through the official wrapper, with the numbers that choose a
+//! compression rate: clip PSNR (TokenBench), per-frame PSNR and SSIM, bits per pixel, timings.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Serialize;
+
+use super::info::compression_label;
+use super::ComputeArgs;
+use crate::io::write_atomically;
+use crate::media::{self, DecodeOptions};
+use crate::metrics::{ClipMetrics, ClipSummary};
+use crate::tokenizer::checkpoint::{self, LoadOptions};
+use crate::tokenizer::fsq::CODEBOOK_SIZE;
+use crate::tokenizer::runner::{self, RunOptions, RunResult};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Images or videos to evaluate.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Comma-separated checkpoints (folders, files, variant names or repo ids).
+    #[arg(long, value_delimiter = ',', required = true)]
+    models: Vec<String>,
+    /// Use at most this many frames of each input.
+    #[arg(long)]
+    frames: Option<usize>,
+    /// Resize so the shorter side has this many pixels.
+    #[arg(long)]
+    resize: Option<usize>,
+    /// Temporal window of the official wrapper (frames).
+    #[arg(long, default_value_t = runner::DEFAULT_TEMPORAL_WINDOW)]
+    window: usize,
+    /// Also write the table as CSV.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Also write one JSON object per (input, model), with per-frame values.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    compute: ComputeArgs,
+}
+
+/// One (input, model) row.
+#[derive(Debug, Serialize)]
+pub struct EvalRow {
+    pub input: String,
+    pub model: String,
+    pub variant: String,
+    pub family: String,
+    pub compression: String,
+    pub frames: usize,
+    pub width: usize,
+    pub height: usize,
+    pub fps: f64,
+    /// Token grid of the first window (t, h, w).
+    pub latent_shape: (usize, usize, usize),
+    pub windows: usize,
+    pub tokens_per_frame: f64,
+    pub tokens_per_second: f64,
+    pub bits_per_pixel: f64,
+    pub psnr_clip: f64,
+    #[serde(serialize_with = "finite_or_null")]
+    pub psnr_mean: f64,
+    #[serde(serialize_with = "finite_or_null")]
+    pub psnr_min: f64,
+    #[serde(serialize_with = "finite_vec_or_null")]
+    pub psnr_frames: Vec<f64>,
+    pub ssim_frames: Vec<f64>,
+    pub ssim_mean: f64,
+    pub encode_s: f64,
+    pub decode_s: f64,
+    pub peak_rss_bytes: u64,
+    pub device: String,
+    pub dtype: String,
+}
+
+fn finite_or_null<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.is_finite() {
+        s.serialize_f64(*v)
+    } else {
+        s.serialize_none()
+    }
+}
+
+fn finite_vec_or_null<S: serde::Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(v.len()))?;
+    for x in v {
+        if x.is_finite() {
+            seq.serialize_element(x)?;
+        } else {
+            seq.serialize_element(&Option::<f64>::None)?;
+        }
+    }
+    seq.end()
+}
+
+/// Bits per source pixel of the tokens of a run: log2(64000) per discrete token; the latent's
+/// channels at the compute dtype's width for continuous models.
+fn bits_per_pixel(
+    result: &RunResult,
+    discrete: bool,
+    latent_channels: usize,
+    dtype_bits: usize,
+    pixels: usize,
+) -> f64 {
+    let positions: usize = result
+        .windows
+        .iter()
+        .filter_map(|w| w.tokens.as_ref())
+        .map(|t| {
+            let (a, b, c) = t.grid();
+            a * b * c
+        })
+        .sum();
+    let bits_per_position = if discrete {
+        (CODEBOOK_SIZE as f64).log2()
+    } else {
+        (latent_channels * dtype_bits) as f64
+    };
+    positions as f64 * bits_per_position / pixels.max(1) as f64
+}
+
+fn measure(
+    original: &crate::media::RgbFrames,
+    reconstruction: &crate::media::RgbFrames,
+) -> anyhow::Result<ClipSummary> {
+    let mut metrics = ClipMetrics::new(original.width, original.height);
+    let frame_bytes = original.width * original.height * 3;
+    for (a, b) in original
+        .data
+        .chunks_exact(frame_bytes)
+        .zip(reconstruction.data.chunks_exact(frame_bytes))
+    {
+        metrics.push(a, b)?;
+    }
+    Ok(metrics.finish()?)
+}
+
+fn evaluate(
+    input: &Path,
+    clip: &media::Clip,
+    model_spec: &str,
+    args: &EvalArgs,
+    cancel: &AtomicBool,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<EvalRow> {
+    let (device, dtype) = args.compute.resolve()?;
+    let model_path = super::resolve_model_path(model_spec)?;
+    let loaded = checkpoint::load(
+        &model_path,
+        &LoadOptions {
+            variant: None,
+            device: device.clone(),
+            dtype,
+        },
+    )
+    .with_context(|| format!("loading `{model_spec}`"))?;
+    let model = &loaded.tokenizer;
+    let cfg = model.config();
+    if !cfg.family.is_video() && clip.frames.frames > 1 {
+        bail!(
+            "{} is an image tokenizer and `{}` is a video of {} frames; use a video tokenizer (CV/DV) or an image",
+            loaded.variant_name,
+            input.display(),
+            clip.frames.frames
+        );
+    }
+    let options = RunOptions {
+        temporal_window: args.window,
+        tiling: None,
+    };
+    let result = runner::reconstruct(model, &clip.frames, &options, cancel, &mut |done, total| {
+        bar.set_message(format!("{model_spec}: window {done}/{total}"));
+    })?;
+    let summary = measure(&clip.frames, &result.reconstruction)?;
+    let first_grid = result
+        .windows
+        .first()
+        .and_then(|w| w.tokens.as_ref())
+        .map(|t| t.grid())
+        .unwrap_or((0, 0, 0));
+    let frames = clip.frames.frames;
+    let pixels = frames * clip.frames.width * clip.frames.height;
+    let dtype_bits = dtype.size_in_bytes() * 8;
+    let positions_total: f64 = result
+        .windows
+        .iter()
+        .filter_map(|w| w.tokens.as_ref())
+        .map(|t| {
+            let (a, b, c) = t.grid();
+            (a * b * c) as f64
+        })
+        .sum();
+    let tokens_per_frame = positions_total / frames.max(1) as f64;
+    Ok(EvalRow {
+        input: input.display().to_string(),
+        model: model_spec.to_string(),
+        variant: loaded.variant_name.clone(),
+        family: cfg.family.name().to_string(),
+        compression: compression_label(cfg),
+        frames,
+        width: clip.frames.width,
+        height: clip.frames.height,
+        fps: clip.playback_fps(),
+        latent_shape: first_grid,
+        windows: result.windows.len(),
+        tokens_per_frame,
+        tokens_per_second: tokens_per_frame * clip.playback_fps(),
+        bits_per_pixel: bits_per_pixel(
+            &result,
+            cfg.family.is_discrete(),
+            cfg.latent_channels,
+            dtype_bits,
+            pixels,
+        ),
+        psnr_clip: summary.psnr_clip,
+        psnr_mean: summary.psnr_mean,
+        psnr_min: summary.psnr_min,
+        psnr_frames: summary.psnr_frames.clone(),
+        ssim_frames: summary.ssim_frames.clone(),
+        ssim_mean: summary.ssim_mean,
+        encode_s: result.windows.iter().map(|w| w.encode_seconds).sum(),
+        decode_s: result.windows.iter().map(|w| w.decode_seconds).sum(),
+        peak_rss_bytes: super::bench::peak_rss_bytes().unwrap_or(0),
+        device: crate::device::describe(&device),
+        dtype: format!("{dtype:?}"),
+    })
+}
+
+const HEADER: [&str; 14] = [
+    "input",
+    "model",
+    "family",
+    "T×H×W",
+    "latent",
+    "tok/frame",
+    "tok/s",
+    "bpp",
+    "PSNR clip",
+    "PSNR mean/min",
+    "SSIM",
+    "enc s",
+    "dec s",
+    "peak GiB",
+];
+
+fn table_cells(row: &EvalRow) -> Vec<String> {
+    let (t, h, w) = row.latent_shape;
+    let show = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.2}")
+        } else {
+            "inf".into()
+        }
+    };
+    vec![
+        Path::new(&row.input)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        row.model.clone(),
+        row.family.clone(),
+        row.compression.clone(),
+        format!(
+            "{t}x{h}x{w}{}",
+            if row.windows > 1 {
+                format!(" ×{}", row.windows)
+            } else {
+                String::new()
+            }
+        ),
+        format!("{:.0}", row.tokens_per_frame),
+        format!("{:.0}", row.tokens_per_second),
+        format!("{:.4}", row.bits_per_pixel),
+        format!("{:.2}", row.psnr_clip),
+        format!("{}/{}", show(row.psnr_mean), show(row.psnr_min)),
+        format!("{:.4}", row.ssim_mean),
+        format!("{:.2}", row.encode_s),
+        format!("{:.2}", row.decode_s),
+        format!("{:.2}", row.peak_rss_bytes as f64 / (1u64 << 30) as f64),
+    ]
+}
+
+fn print_table(rows: &[EvalRow], failures: &[(String, String, String)]) {
+    let mut cells: Vec<Vec<String>> = vec![HEADER.iter().map(|h| h.to_string()).collect()];
+    cells.extend(rows.iter().map(table_cells));
+    let widths: Vec<usize> = (0..HEADER.len())
+        .map(|c| {
+            cells
+                .iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in &cells {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    for (input, model, error) in failures {
+        println!("{input} × {model}: FAILED: {error}");
+    }
+    println!("PSNR clip: one MSE over all frames (TokenBench); mean/min: over per-frame PSNR. SSIM: mean of per-frame SSIM.");
+}
+
+fn csv_escape(field: &str) -> String {
+    if field.contains([',', '"', '\n']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_string()
+    }
+}
+
+fn write_csv(path: &Path, rows: &[EvalRow]) -> anyhow::Result<()> {
+    let mut text = String::from(
+        "input,model,variant,family,compression,frames,width,height,fps,latent_t,latent_h,latent_w,windows,tokens_per_frame,tokens_per_second,bits_per_pixel,psnr_clip,psnr_mean,psnr_min,ssim_mean,encode_s,decode_s,peak_rss_bytes\n",
+    );
+    for r in rows {
+        let (t, h, w) = r.latent_shape;
+        let fields = [
+            csv_escape(&r.input),
+            csv_escape(&r.model),
+            csv_escape(&r.variant),
+            r.family.clone(),
+            r.compression.clone(),
+            r.frames.to_string(),
+            r.width.to_string(),
+            r.height.to_string(),
+            format!("{:.3}", r.fps),
+            t.to_string(),
+            h.to_string(),
+            w.to_string(),
+            r.windows.to_string(),
+            format!("{:.3}", r.tokens_per_frame),
+            format!("{:.3}", r.tokens_per_second),
+            format!("{:.6}", r.bits_per_pixel),
+            format!("{:.4}", r.psnr_clip),
+            format!("{:.4}", r.psnr_mean),
+            format!("{:.4}", r.psnr_min),
+            format!("{:.6}", r.ssim_mean),
+            format!("{:.4}", r.encode_s),
+            format!("{:.4}", r.decode_s),
+            r.peak_rss_bytes.to_string(),
+        ];
+        text.push_str(&fields.join(","));
+        text.push('\n');
+    }
+    write_atomically(path, |tmp| {
+        std::fs::write(tmp, &text).map_err(|e| e.to_string())
+    })?;
+    Ok(())
+}
+
+pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    for out in [&args.csv, &args.json].into_iter().flatten() {
+        let inputs: Vec<&Path> = args.inputs.iter().map(PathBuf::as_path).collect();
+        crate::io::ensure_not_input(out, &inputs)?;
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = Arc::clone(&cancel);
+        // A second Ctrl-C while stopping falls through to the default handler.
+        let _ = ctrlc::set_handler(move || {
+            if cancel.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after the current window; finished rows are kept (Ctrl-C again to quit now)");
+        });
+    }
+    let decode = DecodeOptions {
+        max_frames: args.frames,
+        resize_shorter_side: args.resize,
+        ..DecodeOptions::default()
+    };
+    let total = (args.inputs.len() * args.models.len()) as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} runs, {elapsed} elapsed, ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    'inputs: for input in &args.inputs {
+        let clip = match media::open(input, &decode) {
+            Ok(clip) => clip,
+            Err(e) => {
+                for model in &args.models {
+                    failures.push((input.display().to_string(), model.clone(), e.to_string()));
+                    bar.inc(1);
+                }
+                continue;
+            }
+        };
+        for warning in &clip.warnings {
+            bar.println(format!("warning: {}: {warning}", input.display()));
+        }
+        for model in &args.models {
+            if cancel.load(Ordering::SeqCst) {
+                break 'inputs;
+            }
+            match evaluate(input, &clip, model, args, &cancel, &bar) {
+                Ok(row) => rows.push(row),
+                Err(e) if cancel.load(Ordering::SeqCst) => {
+                    let _ = e;
+                    break 'inputs;
+                }
+                Err(e) => {
+                    let reason: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+                    failures.push((
+                        input.display().to_string(),
+                        model.clone(),
+                        reason.join(": "),
+                    ));
+                }
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    print_table(&rows, &failures);
+    if let Some(path) = &args.csv {
+        write_csv(path, &rows)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&rows)?;
+        write_atomically(path, |tmp| {
+            std::fs::write(tmp, &text).map_err(|e| e.to_string())
+        })?;
+        println!("wrote {}", path.display());
+    }
+    if cancel.load(Ordering::SeqCst) {
+        bail!("stopped by Ctrl-C after {} finished rows", rows.len());
+    }
+    if rows.is_empty() && !failures.is_empty() {
+        bail!("every run failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,417 @@
+//! The fast CPU convolution kernels against candle's own ops (computed in f64).
+//!
+//! `cargo test --release --test kernels -- --ignored --nocapture bench_conv_shapes` prints a
+//! GFLOP/s table of candle vs the fast kernels for the tokenizer's layer shapes.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use tokenscope::tokenizer::kernels;
+
+/// Deterministic uniform values in [-1, 1).
+fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn max_abs(t: &Tensor) -> f64 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// max |got - want| <= 1e-4 * (1 + max |want|)
+fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let got = got.to_dtype(DType::F64).unwrap();
+    let err = max_abs(&(got - want).unwrap());
+    let tol = 1e-4 * (1.0 + max_abs(want));
+    assert!(err <= tol, "{what}: max abs error {err:e} > {tol:e}");
+}
+
+fn reference_conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: usize) -> Tensor {
+    let x = x.to_dtype(DType::F64).unwrap();
+    let w = w.to_dtype(DType::F64).unwrap();
+    let y = x.conv2d(&w, pad, stride, 1, 1).unwrap();
+    match b {
+        Some(b) => {
+            let b = b.to_dtype(DType::F64).unwrap();
+            y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1)).unwrap())
+                .unwrap()
+        }
+        None => y,
+    }
+}
+
+fn reference_pointwise(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+    let x = x.to_dtype(DType::F64).unwrap();
+    let w = w.to_dtype(DType::F64).unwrap();
+    let y = w.broadcast_matmul(&x).unwrap();
+    match b {
+        Some(b) => {
+            let b = b.to_dtype(DType::F64).unwrap();
+            y.broadcast_add(&b.reshape((1, b.elem_count(), 1)).unwrap())
+                .unwrap()
+        }
+        None => y,
+    }
+}
+
+struct Case {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    bias: bool,
+}
+
+#[rustfmt::skip]
+const CASES: &[Case] = &[
+    // odd sizes, small channel counts
+    Case { n: 1, c: 3, h: 7, w: 9, o: 5, kh: 3, kw: 3, stride: 1, pad: 1, bias: true },
+    Case { n: 2, c: 5, h: 17, w: 13, o: 7, kh: 3, kw: 3, stride: 1, pad: 1, bias: false },
+    Case { n: 1, c: 1, h: 5, w: 5, o: 1, kh: 3, kw: 3, stride: 1, pad: 1, bias: true },
+    // output smaller than one 16-pixel tile, padding wider than the image
+    Case { n: 1, c: 3, h: 2, w: 2, o: 4, kh: 3, kw: 3, stride: 1, pad: 1, bias: true },
+    Case { n: 1, c: 2, h: 1, w: 1, o: 3, kh: 3, kw: 3, stride: 1, pad: 2, bias: true },
+    // stride 2, with and without padding (the tokenizer pre-pads and uses pad 0)
+    Case { n: 1, c: 16, h: 33, w: 35, o: 13, kh: 3, kw: 3, stride: 2, pad: 0, bias: true },
+    Case { n: 3, c: 4, h: 10, w: 11, o: 8, kh: 3, kw: 3, stride: 2, pad: 1, bias: true },
+    Case { n: 1, c: 32, h: 65, w: 65, o: 24, kh: 3, kw: 3, stride: 2, pad: 0, bias: false },
+    Case { n: 1, c: 9, h: 15, w: 16, o: 12, kh: 3, kw: 3, stride: 3, pad: 1, bias: false },
+    // other kernel sizes, non-square kernels
+    Case { n: 1, c: 19, h: 16, w: 16, o: 6, kh: 1, kw: 1, stride: 1, pad: 0, bias: true },
+    Case { n: 1, c: 7, h: 12, w: 20, o: 11, kh: 5, kw: 5, stride: 1, pad: 2, bias: true },
+    Case { n: 2, c: 3, h: 11, w: 13, o: 5, kh: 2, kw: 4, stride: 1, pad: 1, bias: true },
+    Case { n: 1, c: 64, h: 20, w: 37, o: 50, kh: 3, kw: 3, stride: 1, pad: 0, bias: true },
+    // several reduction chunks, channel counts that are multiples of nothing
+    Case { n: 1, c: 300, h: 9, w: 9, o: 40, kh: 3, kw: 3, stride: 1, pad: 1, bias: true },
+    Case { n: 2, c: 77, h: 18, w: 21, o: 29, kh: 3, kw: 3, stride: 1, pad: 1, bias: true },
+    // many output channels (work split over channel ranges)
+    Case { n: 1, c: 32, h: 8, w: 8, o: 300, kh: 3, kw: 3, stride: 1, pad: 1, bias: true },
+    // tall/wide images (work split over row bands / columns)
+    Case { n: 1, c: 8, h: 96, w: 64, o: 16, kh: 3, kw: 3, stride: 1, pad: 1, bias: true },
+    Case { n: 1, c: 40, h: 1, w: 700, o: 10, kh: 1, kw: 3, stride: 1, pad: 1, bias: true },
+    Case { n: 1, c: 4, h: 3, w: 200, o: 8, kh: 3, kw: 3, stride: 1, pad: 1, bias: false },
+    // batches, tokenizer-like shapes
+    Case { n: 5, c: 8, h: 6, w: 6, o: 4, kh: 3, kw: 3, stride: 1, pad: 1, bias: true },
+    Case { n: 2, c: 48, h: 32, w: 48, o: 128, kh: 3, kw: 3, stride: 1, pad: 1, bias: true },
+    Case { n: 3, c: 128, h: 16, w: 16, o: 64, kh: 3, kw: 3, stride: 1, pad: 1, bias: true },
+    Case { n: 1, c: 16, h: 16, w: 16, o: 512, kh: 3, kw: 3, stride: 1, pad: 1, bias: true },
+];
+
+#[test]
+fn conv2d_matches_candle_f64() {
+    for (i, t) in CASES.iter().enumerate() {
+        let x = rand_tensor(&[t.n, t.c, t.h, t.w], 2 * i as u64 + 1);
+        let w = (rand_tensor(&[t.o, t.c, t.kh, t.kw], 2 * i as u64 + 2) * 0.2).unwrap();
+        let b = t.bias.then(|| rand_tensor(&[t.o], 1000 + i as u64));
+        let got = kernels::conv2d(&x, &w, b.as_ref(), t.stride, t.pad).unwrap();
+        let want = reference_conv(&x, &w, b.as_ref(), t.stride, t.pad);
+        let what = format!(
+            "case {i}: n{} {}->{} {}x{} k{}x{} s{} p{} bias {}",
+            t.n, t.c, t.o, t.h, t.w, t.kh, t.kw, t.stride, t.pad, t.bias
+        );
+        assert_eq!(got.dtype(), DType::F32, "{what}");
+        assert_close(&got, &want, &what);
+    }
+}
+
+#[test]
+fn conv2d_accepts_non_contiguous_input() {
+    // (N, C, W, H) transposed into an (N, C, H, W) view.
+    let x = rand_tensor(&[2, 6, 13, 10], 7).transpose(2, 3).unwrap();
+    assert!(!x.is_contiguous());
+    let w = rand_tensor(&[9, 6, 3, 3], 8);
+    let b = rand_tensor(&[9], 9);
+    let got = kernels::conv2d(&x, &w, Some(&b), 1, 1).unwrap();
+    assert_close(
+        &got,
+        &reference_conv(&x, &w, Some(&b), 1, 1),
+        "transposed input",
+    );
+}
+
+#[test]
+fn pointwise_matches_candle_f64() {
+    #[rustfmt::skip]
+    let cases: &[(usize, usize, usize, usize, bool)] = &[
+        // (n, i, s, o, bias)
+        (1, 16, 100, 6, true),
+        (3, 6, 257, 16, true),
+        (2, 256, 1024, 16, false),
+        (1, 16, 4096, 512, true),
+        (1, 300, 3000, 37, true),
+        (2, 5, 1, 3, true),
+        (1, 1, 33, 1, false),
+    ];
+    for (i, &(n, ci, s, o, bias)) in cases.iter().enumerate() {
+        let x = rand_tensor(&[n, ci, s], 50 + i as u64);
+        let w = (rand_tensor(&[o, ci], 80 + i as u64) * 0.2).unwrap();
+        let b = bias.then(|| rand_tensor(&[o], 90 + i as u64));
+        let got = kernels::pointwise(&x, &w, b.as_ref()).unwrap();
+        let want = reference_pointwise(&x, &w, b.as_ref());
+        assert_close(
+            &got,
+            &want,
+            &format!("pointwise case {i}: n{n} {ci}->{o} s{s}"),
+        );
+    }
+}
+
+/// Both succeed with bit-identical tensors of the same dtype, or both fail with the same error.
+fn assert_same_outcome(
+    ours: candle_core::Result<Tensor>,
+    candle: candle_core::Result<Tensor>,
+    what: &str,
+) {
+    match (ours, candle) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.dtype(), b.dtype(), "{what}: dtype");
+            assert_eq!(a.dims(), b.dims(), "{what}: shape");
+            let a = a.to_dtype(DType::F64).unwrap();
+            let b = b.to_dtype(DType::F64).unwrap();
+            assert_eq!(
+                max_abs(&(a - b).unwrap()),
+                0.0,
+                "{what}: must be exactly candle's"
+            );
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{what}: error"),
+        (a, b) => panic!(
+            "{what}: ours {:?} vs candle {:?}",
+            a.map(|t| t.dtype()),
+            b.map(|t| t.dtype())
+        ),
+    }
+}
+
+#[test]
+fn bf16_and_f16_use_candle_fallback() {
+    // On the CPU candle 0.11.1 has no bf16 conv2d (its im2col matmul rejects bf16), so the
+    // fallback must report candle's own error; f16 works and must match candle bit for bit.
+    for dtype in [DType::BF16, DType::F16] {
+        let x = rand_tensor(&[2, 8, 9, 10], 1).to_dtype(dtype).unwrap();
+        let w = rand_tensor(&[5, 8, 3, 3], 2).to_dtype(dtype).unwrap();
+        let b = rand_tensor(&[5], 3).to_dtype(dtype).unwrap();
+        let candle = x
+            .conv2d(&w, 1, 1, 1, 1)
+            .and_then(|y| y.broadcast_add(&b.reshape((1, 5, 1, 1))?));
+        let ours = kernels::conv2d(&x, &w, Some(&b), 1, 1);
+        assert_same_outcome(ours, candle, &format!("{dtype:?} conv2d"));
+
+        let xp = rand_tensor(&[2, 8, 30], 4).to_dtype(dtype).unwrap();
+        let wp = rand_tensor(&[5, 8], 5).to_dtype(dtype).unwrap();
+        let candle = wp
+            .broadcast_matmul(&xp)
+            .and_then(|y| y.broadcast_add(&b.reshape((1, 5, 1))?));
+        let ours = kernels::pointwise(&xp, &wp, Some(&b));
+        assert_same_outcome(ours, candle, &format!("{dtype:?} pointwise"));
+    }
+}
+
+#[test]
+fn tracked_tensors_use_candle_fallback_with_gradients() {
+    let x = rand_tensor(&[1, 3, 6, 7], 11);
+    let w = Var::from_tensor(&rand_tensor(&[4, 3, 3, 3], 12)).unwrap();
+    let b = Var::from_tensor(&rand_tensor(&[4], 13)).unwrap();
+    let y = kernels::conv2d(&x, w.as_tensor(), Some(b.as_tensor()), 1, 1).unwrap();
+    assert!(y.track_op(), "the result must stay in the autograd graph");
+    assert_close(
+        &y,
+        &reference_conv(&x, w.as_tensor(), Some(b.as_tensor()), 1, 1),
+        "tracked conv2d",
+    );
+    let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(w.as_tensor()).is_some() && grads.get(b.as_tensor()).is_some());
+
+    let xp = rand_tensor(&[2, 3, 10], 14);
+    let wp = Var::from_tensor(&rand_tensor(&[4, 3], 15)).unwrap();
+    let y = kernels::pointwise(&xp, wp.as_tensor(), None).unwrap();
+    assert!(y.track_op());
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(wp.as_tensor()).is_some());
+}
+
+#[test]
+fn shape_errors_are_errors() {
+    let x = rand_tensor(&[1, 3, 8, 8], 1);
+    assert!(kernels::conv2d(&x, &rand_tensor(&[4, 5, 3, 3], 2), None, 1, 1).is_err());
+    assert!(kernels::conv2d(
+        &x,
+        &rand_tensor(&[4, 3, 3, 3], 2),
+        Some(&rand_tensor(&[5], 3)),
+        1,
+        1
+    )
+    .is_err());
+    assert!(kernels::conv2d(&x, &rand_tensor(&[4, 3, 11, 11], 2), None, 1, 1).is_err());
+    assert!(kernels::conv2d(&x, &rand_tensor(&[4, 3, 3, 3], 2), None, 0, 1).is_err());
+    let xp = rand_tensor(&[1, 3, 8], 1);
+    assert!(kernels::pointwise(&xp, &rand_tensor(&[4, 5], 2), None).is_err());
+}
+
+/// CPU time consumed so far by all threads of this process, in seconds (Linux; NaN elsewhere).
+/// Read from `/proc/self/task/*/schedstat`, whose first field is nanoseconds on the CPU.
+fn process_cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 * 1e-9
+}
+
+/// Median wall time and median process CPU time of `reps` runs (after one warm-up run), in
+/// seconds. On a shared machine the CPU time shows what the code would do with the cores to
+/// itself.
+fn median_time(reps: usize, mut f: impl FnMut() -> Tensor) -> (f64, f64) {
+    drop(f());
+    let (mut wall, mut cpu): (Vec<f64>, Vec<f64>) = (0..reps)
+        .map(|_| {
+            let c = process_cpu_seconds();
+            let t = Instant::now();
+            let y = f();
+            let dt = t.elapsed().as_secs_f64();
+            drop(y);
+            (dt, process_cpu_seconds() - c)
+        })
+        .unzip();
+    wall.sort_by(f64::total_cmp);
+    cpu.sort_by(f64::total_cmp);
+    (wall[reps / 2], cpu[reps / 2])
+}
+
+fn print_row(what: String, gflop: f64, candle: (f64, f64), ours: (f64, f64)) {
+    println!(
+        "{what:<38} {gflop:>6.2} | {:>8.1} {:>7.1} {:>7.1} | {:>8.1} {:>7.1} {:>7.1} | {:>6.2}x",
+        candle.0 * 1e3,
+        gflop / candle.0,
+        gflop / candle.1,
+        ours.0 * 1e3,
+        gflop / ours.0,
+        gflop / ours.1,
+        candle.0 / ours.0
+    );
+}
+
+#[test]
+#[ignore = "benchmark; run with --release --ignored --nocapture"]
+fn bench_conv_shapes() {
+    let reps: usize = std::env::var("BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "rayon threads: {}, load average: {}",
+        rayon::current_num_threads(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("GF/s: GFLOP per wall second; GF/cpu-s: GFLOP per CPU second of all threads");
+    println!(
+        "{:<38} {:>6} | {:>8} {:>7} {:>7} | {:>8} {:>7} {:>7} | {:>7}",
+        "shape", "GFLOP", "candle ms", "GF/s", "GF/cpu-s", "ours ms", "GF/s", "GF/cpu-s", "speedup"
+    );
+    #[rustfmt::skip]
+    let convs: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
+        // (n, cin, h, w, cout, stride, pad), 3x3
+        (1, 128, 256, 256, 128, 1, 1),
+        (1, 48, 256, 256, 128, 1, 1),
+        (1, 192, 128, 128, 128, 1, 1),
+        (1, 128, 128, 128, 256, 1, 1),
+        (1, 256, 128, 128, 256, 1, 1),
+        (1, 256, 64, 64, 512, 1, 1),
+        (1, 512, 64, 64, 512, 1, 1),
+        (1, 512, 32, 32, 512, 1, 1),
+        (1, 512, 16, 16, 512, 1, 1),
+        (1, 512, 64, 64, 256, 1, 1),
+        (1, 256, 128, 128, 192, 1, 1),
+        (1, 256, 256, 256, 48, 1, 1),
+        (1, 16, 16, 16, 512, 1, 1),
+        (1, 16, 64, 64, 512, 1, 1),
+        (4, 256, 64, 64, 256, 1, 1),
+        (17, 256, 32, 32, 256, 1, 1),
+        (17, 512, 16, 16, 512, 1, 1),
+        (1, 256, 257, 257, 256, 2, 0),
+        (1, 512, 129, 129, 512, 2, 0),
+        (4, 256, 65, 65, 256, 2, 0),
+    ];
+    for &(n, c, h, w, o, stride, pad) in convs {
+        let x = rand_tensor(&[n, c, h, w], 1);
+        let wt = (rand_tensor(&[o, c, 3, 3], 2) * 0.05).unwrap();
+        let b = rand_tensor(&[o], 3);
+        let (ho, wo) = (
+            (h + 2 * pad - 3) / stride + 1,
+            (w + 2 * pad - 3) / stride + 1,
+        );
+        let gflop = 2.0 * (n * o * ho * wo * c * 9) as f64 / 1e9;
+        let t_candle = median_time(reps, || {
+            x.conv2d(&wt, pad, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, o, 1, 1)).unwrap())
+                .unwrap()
+        });
+        let t_ours = median_time(reps, || {
+            kernels::conv2d(&x, &wt, Some(&b), stride, pad).unwrap()
+        });
+        let what = format!("3x3 s{stride} p{pad} n{n} {c}->{o} {h}x{w}");
+        print_row(what, gflop, t_candle, t_ours);
+    }
+    #[rustfmt::skip]
+    let pws: &[(usize, usize, usize, usize)] = &[
+        // (n, i, s, o)
+        (1, 512, 128 * 128, 16),
+        (1, 16, 128 * 128, 512),
+        (1, 256, 128 * 128, 16),
+        (1, 16, 128 * 128, 256),
+        (17, 16, 32 * 32, 6),
+        (17, 6, 32 * 32, 16),
+        (4, 512, 64 * 64, 512),
+    ];
+    for &(n, i, s, o) in pws {
+        let x = rand_tensor(&[n, i, s], 1);
+        let wt = (rand_tensor(&[o, i], 2) * 0.05).unwrap();
+        let b = rand_tensor(&[o], 3);
+        let gflop = 2.0 * (n * o * i * s) as f64 / 1e9;
+        let t_candle = median_time(reps, || {
+            wt.broadcast_matmul(&x)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, o, 1)).unwrap())
+                .unwrap()
+        });
+        let t_ours = median_time(reps, || kernels::pointwise(&x, &wt, Some(&b)).unwrap());
+        print_row(
+            format!("pointwise n{n} {i}->{o} S={s}"),
+            gflop,
+            t_candle,
+            t_ours,
+        );
+    }
+}
