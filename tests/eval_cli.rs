@@ -78,3 +78,63 @@ fn eval_prints_a_full_row_and_writes_json_and_csv() {
     assert_eq!(csv_text.lines().count(), 2, "{csv_text}");
     assert!(csv_text.starts_with("input,model,variant"));
 }
+
+/// `encode` of a video writes tokens with window metadata; `decode` of them gives exactly what
+/// `reconstruct` writes (lossless output, so pixels can be compared).
+#[test]
+fn media_encode_decode_equals_reconstruct() {
+    let out = std::env::temp_dir().join(format!("tokenscope-media-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let clip = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo.mp4");
+    let model = model_dir("DV8x16x16-tiny");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_tokenscope"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let m = model.to_str().unwrap();
+    let tokens = out.join("tokens.safetensors");
+    let direct = out.join("direct.mkv");
+    let via_tokens = out.join("via_tokens.mkv");
+    let stdout = run(&["encode", "-m", m, clip, "-o", tokens.to_str().unwrap()]);
+    // 65 frames → windows of 17, 17, 17, 14 (padded to 17): 4 × 3 token frames of 22 × 40.
+    assert!(stdout.contains("indices: [1, 12, 22, 40]"), "{stdout}");
+    run(&["reconstruct", "-m", m, clip, "-o", direct.to_str().unwrap()]);
+    run(&[
+        "decode",
+        "-m",
+        m,
+        tokens.to_str().unwrap(),
+        "-o",
+        via_tokens.to_str().unwrap(),
+    ]);
+    let options = tokenscope::media::DecodeOptions::default();
+    let a = tokenscope::media::open(&direct, &options).unwrap();
+    let b = tokenscope::media::open(&via_tokens, &options).unwrap();
+    assert_eq!(
+        (a.frames.frames, a.frames.width, a.frames.height),
+        (65, 640, 352)
+    );
+    assert_eq!(a.frames, b.frames);
+    // Encoding to a media file is refused with a reason.
+    let o = Command::new(env!("CARGO_BIN_EXE_tokenscope"))
+        .args([
+            "encode",
+            "-m",
+            m,
+            clip,
+            "-o",
+            out.join("x.mp4").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains(".safetensors"));
+}

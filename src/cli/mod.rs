@@ -3,6 +3,7 @@
 mod bench;
 mod eval;
 mod info;
+mod media_io;
 mod models;
 mod tensors;
 

@@ -1,4 +1,5 @@
-//! `encode`, `decode`, `reconstruct` on safetensors tensor files (no padding: raw network I/O).
+//! `encode`, `decode`, `reconstruct`: on safetensors tensor files the network's raw I/O (no
+//! padding); on images and videos the official wrapper (see `media_io`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,11 +16,15 @@ use crate::tokenizer::Tokens;
 pub struct EncodeArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// safetensors file holding `input`.
+    /// An image or video, or a safetensors file holding `input`.
     input: PathBuf,
-    /// Output safetensors file.
+    /// Output: `.safetensors` (tokens, and for `reconstruct` the reconstruction), or for
+    /// `reconstruct` of media `.mp4` (H.264), `.mkv` (FFV1, lossless) or `.png`.
     #[arg(short, long)]
     output: PathBuf,
+    /// Temporal window of the official wrapper, in frames (media inputs).
+    #[arg(long, default_value_t = crate::tokenizer::runner::DEFAULT_TEMPORAL_WINDOW)]
+    window: usize,
 }
 
 #[derive(Args, Debug)]
@@ -28,7 +33,7 @@ pub struct DecodeArgs {
     model: ModelArgs,
     /// safetensors file holding `latent` (continuous) or `indices` (discrete), as `encode` writes.
     tokens: PathBuf,
-    /// Output safetensors file.
+    /// Output: `.safetensors`, or for tokens encoded from media `.mp4`, `.mkv` or `.png`.
     #[arg(short, long)]
     output: PathBuf,
 }
@@ -36,6 +41,13 @@ pub struct DecodeArgs {
 fn read_tensors(path: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("reading tensors from `{}`", path.display()))
+}
+
+fn read_metadata(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading `{}`", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("`{}` is not a safetensors file", path.display()))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
 }
 
 fn metadata(
@@ -56,6 +68,16 @@ fn metadata(
 
 pub fn encode(args: &EncodeArgs, reconstruct: bool) -> anyhow::Result<()> {
     ensure_not_input(&args.output, &[&args.input, &args.model.model])?;
+    if !super::media_io::is_tensor_file(&args.input) {
+        let loaded = args.model.load()?;
+        return super::media_io::encode_media(
+            &loaded,
+            &args.input,
+            &args.output,
+            reconstruct,
+            args.window,
+        );
+    }
     let tensors = read_tensors(&args.input)?;
     let Some(input) = tensors.get("input") else {
         bail!(
@@ -102,6 +124,16 @@ pub fn decode(args: &DecodeArgs) -> anyhow::Result<()> {
     ensure_not_input(&args.output, &[&args.tokens, &args.model.model])?;
     let tensors = read_tensors(&args.tokens)?;
     let loaded = args.model.load()?;
+    let stored = read_metadata(&args.tokens)?;
+    if stored.contains_key("windows") {
+        return super::media_io::decode_media(
+            &loaded,
+            &args.tokens,
+            &tensors,
+            &stored,
+            &args.output,
+        );
+    }
     let model = &loaded.tokenizer;
     let wanted = if model.config().family.is_discrete() {
         "indices"

@@ -275,6 +275,21 @@ pub fn windows(frames: usize, window: usize, video: bool) -> Vec<(usize, usize)>
         .collect()
 }
 
+/// Pads one window of source frames and encodes it (no tiling). Returns the padding and tokens.
+pub fn encode_window(model: &Tokenizer, window: &RgbFrames) -> Result<(Padding, Tokens)> {
+    let video = model.config().family.is_video();
+    let padding = padding_for(window.frames, window.height, window.width, video);
+    let padded = pad(window, padding)?;
+    let x = tensor_from_rgb(&padded, video, model.device(), model.dtype())?;
+    Ok((padding, model.encode(&x)?))
+}
+
+/// Decodes one window's tokens and crops the wrapper's padding off.
+pub fn decode_window(model: &Tokenizer, tokens: &Tokens, padding: Padding) -> Result<RgbFrames> {
+    let recon = model.decode(tokens)?;
+    crop(&rgb_from_tensor(&recon)?, padding)
+}
+
 /// Runs the official wrapper: each window padded, encoded, decoded and cropped independently.
 /// Image tokenizers take every frame as its own image.
 pub fn reconstruct(

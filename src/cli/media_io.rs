@@ -1,0 +1,276 @@
+//! `encode`, `decode` and `reconstruct` on images and videos: the official wrapper in between, the
+//! output kind chosen by the extension of `-o` (`.mp4`, `.mkv`, `.png`, `.safetensors`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::io::save_safetensors;
+use crate::media::{self, DecodeOptions, RgbFrames};
+use crate::tokenizer::checkpoint::LoadedModel;
+use crate::tokenizer::runner::{self, Padding};
+use crate::tokenizer::Tokens;
+
+/// Whether a path names a tensor file rather than media.
+pub fn is_tensor_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+}
+
+/// One temporal window as stored in a token file's metadata.
+#[derive(Debug, Serialize, Deserialize)]
+struct WindowRecord {
+    start: usize,
+    frames: usize,
+    /// Token frames (video) or images (image models) this window holds.
+    token_frames: usize,
+    /// [frames before, after, rows before, after, columns before, after].
+    padding: [usize; 6],
+}
+
+fn padding_array(p: Padding) -> [usize; 6] {
+    [
+        p.frames.0, p.frames.1, p.rows.0, p.rows.1, p.cols.0, p.cols.1,
+    ]
+}
+
+fn padding_from(a: [usize; 6]) -> Padding {
+    let [f0, f1, r0, r1, c0, c1] = a;
+    Padding {
+        frames: (f0, f1),
+        rows: (r0, r1),
+        cols: (c0, c1),
+    }
+}
+
+/// The tokens of every window, concatenated along time (video) or batch (images).
+fn tokens_tensors(windows: &[Tokens], video: bool) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
+    let time_axis = |name: &str| {
+        if video {
+            if name == "indices" {
+                1
+            } else {
+                2
+            }
+        } else {
+            0
+        }
+    };
+    let mut latents = Vec::new();
+    let mut indices = Vec::new();
+    let mut codes = Vec::new();
+    for tokens in windows {
+        match tokens {
+            Tokens::Continuous { latent } => latents.push(latent.to_dtype(DType::F32)?),
+            Tokens::Discrete {
+                indices: i,
+                codes: c,
+            } => {
+                indices.push(i.to_dtype(DType::I64)?);
+                codes.push(c.to_dtype(DType::F32)?);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if !latents.is_empty() {
+        out.push(("latent", Tensor::cat(&latents, time_axis("latent"))?));
+    }
+    if !indices.is_empty() {
+        out.push(("indices", Tensor::cat(&indices, time_axis("indices"))?));
+        out.push(("codes", Tensor::cat(&codes, time_axis("codes"))?));
+    }
+    Ok(out)
+}
+
+fn media_metadata(
+    loaded: &LoadedModel,
+    clip: &media::Clip,
+    windows: &[WindowRecord],
+) -> anyhow::Result<HashMap<String, String>> {
+    let cfg = loaded.tokenizer.config();
+    Ok(HashMap::from([
+        ("variant".to_string(), loaded.variant_name.clone()),
+        ("family".to_string(), cfg.family.name().to_string()),
+        ("source".to_string(), clip.source.display().to_string()),
+        ("frame_start".to_string(), clip.first_frame.to_string()),
+        ("frame_stride".to_string(), clip.stride.to_string()),
+        ("frame_count".to_string(), clip.frames.frames.to_string()),
+        ("width".to_string(), clip.frames.width.to_string()),
+        ("height".to_string(), clip.frames.height.to_string()),
+        ("fps".to_string(), format!("{}", clip.playback_fps())),
+        ("windows".to_string(), serde_json::to_string(windows)?),
+        (
+            "producer".to_string(),
+            format!("tokenscope {}", env!("CARGO_PKG_VERSION")),
+        ),
+    ]))
+}
+
+/// `encode`/`reconstruct` of an image or video file.
+pub fn encode_media(
+    loaded: &LoadedModel,
+    input: &Path,
+    output: &Path,
+    reconstruct: bool,
+    window: usize,
+) -> anyhow::Result<()> {
+    let clip = media::open(input, &DecodeOptions::default())?;
+    for warning in &clip.warnings {
+        eprintln!("warning: {}: {warning}", input.display());
+    }
+    let model = &loaded.tokenizer;
+    let video = model.config().family.is_video();
+    if !video && clip.frames.frames > 1 {
+        bail!(
+            "{} is an image tokenizer and `{}` is a video of {} frames; use a video tokenizer (CV/DV)",
+            loaded.variant_name,
+            input.display(),
+            clip.frames.frames
+        );
+    }
+    let to_tensors = is_tensor_file(output);
+    if !reconstruct && !to_tensors {
+        bail!("`encode` writes tokens: give an output ending in .safetensors (or use `reconstruct` for media)");
+    }
+    let spans = runner::windows(clip.frames.frames, window, video);
+    let mut records = Vec::with_capacity(spans.len());
+    let mut all_tokens = Vec::with_capacity(spans.len());
+    let mut reconstruction = Vec::with_capacity(clip.frames.data.len());
+    let started = std::time::Instant::now();
+    for (i, &(start, count)) in spans.iter().enumerate() {
+        let part = clip.frames.slice(start, count)?;
+        let (padding, tokens) = runner::encode_window(model, &part)?;
+        if reconstruct {
+            reconstruction.extend_from_slice(&runner::decode_window(model, &tokens, padding)?.data);
+        }
+        let token_frames = tokens.grid().0;
+        records.push(WindowRecord {
+            start,
+            frames: count,
+            token_frames,
+            padding: padding_array(padding),
+        });
+        all_tokens.push(tokens);
+        eprint!("\rwindow {}/{}", i + 1, spans.len());
+    }
+    eprintln!(" done in {:.2} s", started.elapsed().as_secs_f64());
+    let inputs: [&Path; 1] = [input];
+    if to_tensors {
+        let mut tensors = tokens_tensors(&all_tokens, video)?;
+        if reconstruct {
+            let frames = RgbFrames::new(
+                clip.frames.frames,
+                clip.frames.height,
+                clip.frames.width,
+                reconstruction,
+            )?;
+            tensors.push((
+                "reconstruction_rgb",
+                Tensor::from_vec(
+                    frames.data,
+                    (frames.frames, frames.height, frames.width, 3),
+                    &candle_core::Device::Cpu,
+                )?,
+            ));
+        }
+        let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+        crate::io::ensure_not_input(output, &inputs)?;
+        save_safetensors(output, &refs, media_metadata(loaded, &clip, &records)?)?;
+        for (name, t) in &tensors {
+            println!("{name}: {:?} {:?}", t.dims(), t.dtype());
+        }
+        println!("wrote {}", output.display());
+    } else {
+        let frames = RgbFrames::new(
+            clip.frames.frames,
+            clip.frames.height,
+            clip.frames.width,
+            reconstruction,
+        )?;
+        let written = media::write(&frames, clip.playback_fps(), output, &inputs)?;
+        println!(
+            "wrote {} ({}, {} frames)",
+            written.path.display(),
+            written.codec,
+            frames.frames
+        );
+    }
+    Ok(())
+}
+
+/// `decode` of a token file written by `encode` from media: decodes each window, crops the
+/// padding and writes media or tensors by the extension of `-o`.
+pub fn decode_media(
+    loaded: &LoadedModel,
+    tokens_path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    metadata: &HashMap<String, String>,
+    output: &Path,
+) -> anyhow::Result<()> {
+    let model = &loaded.tokenizer;
+    let video = model.config().family.is_video();
+    let field = |k: &str| {
+        metadata.get(k).with_context(|| {
+            format!(
+                "`{}` lacks the `{k}` metadata that `encode` writes",
+                tokens_path.display()
+            )
+        })
+    };
+    let windows: Vec<WindowRecord> = serde_json::from_str(field("windows")?)?;
+    let (width, height): (usize, usize) = (field("width")?.parse()?, field("height")?.parse()?);
+    let fps: f64 = field("fps")?.parse().unwrap_or(media::FALLBACK_FPS);
+    let name = if model.config().family.is_discrete() {
+        "indices"
+    } else {
+        "latent"
+    };
+    let all = tensors
+        .get(name)
+        .with_context(|| format!("`{}` has no `{name}` tensor", tokens_path.display()))?;
+    let axis = if video {
+        if name == "indices" {
+            1
+        } else {
+            2
+        }
+    } else {
+        0
+    };
+    let mut offset = 0;
+    let mut data = Vec::new();
+    let mut frames = 0;
+    for w in &windows {
+        let part = all.narrow(axis, offset, w.token_frames.max(1))?;
+        offset += w.token_frames.max(1);
+        let tokens = model.tokens_from_tensor(&part)?;
+        let decoded = runner::decode_window(model, &tokens, padding_from(w.padding))?;
+        frames += decoded.frames;
+        data.extend_from_slice(&decoded.data);
+    }
+    let clip = RgbFrames::new(frames, height, width, data)?;
+    let inputs: [&Path; 1] = [tokens_path];
+    if is_tensor_file(output) {
+        let t = Tensor::from_vec(
+            clip.data,
+            (clip.frames, clip.height, clip.width, 3),
+            &candle_core::Device::Cpu,
+        )?;
+        crate::io::ensure_not_input(output, &inputs)?;
+        save_safetensors(output, &[("reconstruction_rgb", &t)], HashMap::new())?;
+        println!("wrote {}", output.display());
+    } else {
+        let written = media::write(&clip, fps, output, &inputs)?;
+        println!(
+            "wrote {} ({}, {} frames)",
+            written.path.display(),
+            written.codec,
+            clip.frames
+        );
+    }
+    Ok(())
+}
