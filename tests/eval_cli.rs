@@ -138,3 +138,32 @@ fn media_encode_decode_equals_reconstruct() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains(".safetensors"));
 }
+
+/// `reconstruct --side-by-side` writes original | reconstruction with a label banner.
+#[test]
+fn side_by_side_composite_is_written() {
+    let out = std::env::temp_dir().join(format!("tokenscope-sbs-{}.png", std::process::id()));
+    let image = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/coffee.png");
+    let o = Command::new(env!("CARGO_BIN_EXE_tokenscope"))
+        .args([
+            "reconstruct",
+            "-m",
+            model_dir("CI8x8-tiny").to_str().unwrap(),
+            image,
+            "-o",
+            out.to_str().unwrap(),
+            "--side-by-side",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let written =
+        tokenscope::media::open(&out, &tokenscope::media::DecodeOptions::default()).unwrap();
+    let source =
+        tokenscope::media::open(image, &tokenscope::media::DecodeOptions::default()).unwrap();
+    assert_eq!(
+        written.frames.width,
+        2 * source.frames.width + tokenscope::media::composite::PANEL_GAP
+    );
+    assert!(written.frames.height > source.frames.height);
+}

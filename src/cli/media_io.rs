@@ -117,6 +117,7 @@ pub fn encode_media(
     output: &Path,
     reconstruct: bool,
     window: usize,
+    side_by_side: bool,
 ) -> anyhow::Result<()> {
     let clip = media::open(input, &DecodeOptions::default())?;
     for warning in &clip.warnings {
@@ -191,6 +192,11 @@ pub fn encode_media(
             clip.frames.width,
             reconstruction,
         )?;
+        let frames = if side_by_side {
+            labelled_composite(loaded, &clip, &frames)?
+        } else {
+            frames
+        };
         let written = media::write(&frames, clip.playback_fps(), output, &inputs)?;
         println!(
             "wrote {} ({}, {} frames)",
@@ -200,6 +206,30 @@ pub fn encode_media(
         );
     }
     Ok(())
+}
+
+/// Original | reconstruction, labelled with the source frame, the model and the frame's PSNR.
+fn labelled_composite(
+    loaded: &LoadedModel,
+    clip: &media::Clip,
+    reconstruction: &RgbFrames,
+) -> anyhow::Result<RgbFrames> {
+    let frame_bytes = clip.frames.width * clip.frames.height * 3;
+    let psnr: Vec<f64> = clip
+        .frames
+        .data
+        .chunks_exact(frame_bytes)
+        .zip(reconstruction.data.chunks_exact(frame_bytes))
+        .map(|(a, b)| crate::metrics::psnr(a, b).unwrap_or(f64::NAN))
+        .collect();
+    let composite = media::side_by_side(&clip.frames, reconstruction, |i| media::PanelLabels {
+        original: format!("original  frame {}", clip.first_frame + i * clip.stride),
+        reconstruction: match psnr.get(i) {
+            Some(p) if p.is_finite() => format!("{}  PSNR {p:.2} dB", loaded.variant_name),
+            _ => format!("{}  lossless", loaded.variant_name),
+        },
+    })?;
+    Ok(composite)
 }
 
 /// `decode` of a token file written by `encode` from media: decodes each window, crops the

@@ -25,6 +25,10 @@ pub struct EncodeArgs {
     /// Temporal window of the official wrapper, in frames (media inputs).
     #[arg(long, default_value_t = crate::tokenizer::runner::DEFAULT_TEMPORAL_WINDOW)]
     window: usize,
+    /// `reconstruct` to media: write original and reconstruction side by side, labelled with the
+    /// model, frame and PSNR (for decks).
+    #[arg(long)]
+    side_by_side: bool,
 }
 
 #[derive(Args, Debug)]
@@ -76,6 +80,7 @@ pub fn encode(args: &EncodeArgs, reconstruct: bool) -> anyhow::Result<()> {
             &args.output,
             reconstruct,
             args.window,
+            args.side_by_side,
         );
     }
     let tensors = read_tensors(&args.input)?;

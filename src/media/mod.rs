@@ -5,7 +5,7 @@
 //! (the system libraries through `ffmpeg-next`). Pixels are always 8-bit RGB, frame-major, channels
 //! last ([`RgbFrames`]), the layout the tokenizer wrapper takes.
 
-mod composite;
+pub mod composite;
 mod convert;
 mod error;
 mod font;

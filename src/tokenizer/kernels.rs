@@ -337,18 +337,15 @@ fn partition(
     // preferred (channel parts re-pack the same input).
     let max_pp = (total_tiles / (2 * tiles_per_block)).max(1);
     let max_op = (n_ot / 24).max(1);
-    let mut pp = target.div_ceil(g.n).min(max_pp);
-    let mut op = target.div_ceil(g.n * pp).min(max_op);
-    // Prefer an item count that is a multiple of the thread count.
-    while !(g.n * pp * op).is_multiple_of(threads) {
-        if pp < max_pp {
-            pp += 1;
-        } else if op < max_op {
-            op += 1;
-        } else {
-            break;
-        }
-    }
+    // Prefer an item count that is a multiple of the thread count, then one close to the
+    // target, then fewer channel parts.
+    let (pp, op) = (1..=max_pp)
+        .flat_map(|pp| (1..=max_op).map(move |op| (pp, op)))
+        .min_by_key(|&(pp, op)| {
+            let items = g.n * pp * op;
+            (items % threads != 0, items.abs_diff(target), op)
+        })
+        .unwrap_or((1, 1));
     let ranges = if g.ho >= pp {
         (0..pp)
             .map(|i| (i * g.ho / pp, (i + 1) * g.ho / pp, 0, g.wo))
