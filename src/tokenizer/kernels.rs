@@ -343,7 +343,7 @@ fn partition(
         .flat_map(|pp| (1..=max_op).map(move |op| (pp, op)))
         .min_by_key(|&(pp, op)| {
             let items = g.n * pp * op;
-            (items % threads != 0, items.abs_diff(target), op)
+            (!items.is_multiple_of(threads), items.abs_diff(target), op)
         })
         .unwrap_or((1, 1));
     let ranges = if g.ho >= pp {
