@@ -102,14 +102,10 @@ fn finite_vec_or_null<S: serde::Serializer>(v: &[f64], s: S) -> Result<S::Ok, S:
 
 /// Bits per source pixel of the tokens of a run: log2(64000) per discrete token; the latent's
 /// channels at the compute dtype's width for continuous models.
-fn bits_per_pixel(
-    result: &RunResult,
-    discrete: bool,
-    latent_channels: usize,
-    dtype_bits: usize,
-    pixels: usize,
-) -> f64 {
-    let positions: usize = result
+/// Token positions of a run, summed over windows (one per token; a continuous position holds the
+/// latent's channels).
+fn token_positions(result: &RunResult) -> usize {
+    result
         .windows
         .iter()
         .filter_map(|w| w.tokens.as_ref())
@@ -117,7 +113,18 @@ fn bits_per_pixel(
             let (a, b, c) = t.grid();
             a * b * c
         })
-        .sum();
+        .sum()
+}
+
+/// Bits per source pixel: log2(64000) per discrete token; the latent's channels at the compute
+/// dtype's width for continuous models.
+fn bits_per_pixel(
+    positions: usize,
+    discrete: bool,
+    latent_channels: usize,
+    dtype_bits: usize,
+    pixels: usize,
+) -> f64 {
     let bits_per_position = if discrete {
         (CODEBOOK_SIZE as f64).log2()
     } else {
@@ -188,16 +195,8 @@ fn evaluate(
     let frames = clip.frames.frames;
     let pixels = frames * clip.frames.width * clip.frames.height;
     let dtype_bits = dtype.size_in_bytes() * 8;
-    let positions_total: f64 = result
-        .windows
-        .iter()
-        .filter_map(|w| w.tokens.as_ref())
-        .map(|t| {
-            let (a, b, c) = t.grid();
-            (a * b * c) as f64
-        })
-        .sum();
-    let tokens_per_frame = positions_total / frames.max(1) as f64;
+    let positions = token_positions(&result);
+    let tokens_per_frame = positions as f64 / frames.max(1) as f64;
     Ok(EvalRow {
         input: input.display().to_string(),
         model: model_spec.to_string(),
@@ -213,7 +212,7 @@ fn evaluate(
         tokens_per_frame,
         tokens_per_second: tokens_per_frame * clip.playback_fps(),
         bits_per_pixel: bits_per_pixel(
-            &result,
+            positions,
             cfg.family.is_discrete(),
             cfg.latent_channels,
             dtype_bits,

@@ -47,19 +47,18 @@ fn padding_from(a: [usize; 6]) -> Padding {
     }
 }
 
+/// The axis along which windows' tokens are concatenated: time for video (`indices` (B, t, h, w),
+/// `latent`/`codes` (B, C, t, h, w)), the batch for images.
+fn token_time_axis(name: &str, video: bool) -> usize {
+    match (video, name) {
+        (false, _) => 0,
+        (true, "indices") => 1,
+        (true, _) => 2,
+    }
+}
+
 /// The tokens of every window, concatenated along time (video) or batch (images).
 fn tokens_tensors(windows: &[Tokens], video: bool) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
-    let time_axis = |name: &str| {
-        if video {
-            if name == "indices" {
-                1
-            } else {
-                2
-            }
-        } else {
-            0
-        }
-    };
     let mut latents = Vec::new();
     let mut indices = Vec::new();
     let mut codes = Vec::new();
@@ -77,11 +76,20 @@ fn tokens_tensors(windows: &[Tokens], video: bool) -> anyhow::Result<Vec<(&'stat
     }
     let mut out = Vec::new();
     if !latents.is_empty() {
-        out.push(("latent", Tensor::cat(&latents, time_axis("latent"))?));
+        out.push((
+            "latent",
+            Tensor::cat(&latents, token_time_axis("latent", video))?,
+        ));
     }
     if !indices.is_empty() {
-        out.push(("indices", Tensor::cat(&indices, time_axis("indices"))?));
-        out.push(("codes", Tensor::cat(&codes, time_axis("codes"))?));
+        out.push((
+            "indices",
+            Tensor::cat(&indices, token_time_axis("indices", video))?,
+        ));
+        out.push((
+            "codes",
+            Tensor::cat(&codes, token_time_axis("codes", video))?,
+        ));
     }
     Ok(out)
 }
@@ -262,15 +270,7 @@ pub fn decode_media(
     let all = tensors
         .get(name)
         .with_context(|| format!("`{}` has no `{name}` tensor", tokens_path.display()))?;
-    let axis = if video {
-        if name == "indices" {
-            1
-        } else {
-            2
-        }
-    } else {
-        0
-    };
+    let axis = token_time_axis(name, video);
     let mut offset = 0;
     let mut data = Vec::new();
     let mut frames = 0;
