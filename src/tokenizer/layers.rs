@@ -9,7 +9,7 @@
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
-use super::ops;
+use super::{kernels, ops};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -66,7 +66,7 @@ impl Conv2d {
 
     /// NCHW in, NCHW out.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
+        kernels::conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
     }
 
     /// Frame-major video (B, T, C, H, W): the same 2-D convolution on every frame.
@@ -116,7 +116,7 @@ impl Pointwise {
         let lead: usize = dims.iter().take(channel_dim).product();
         let channels = dims.get(channel_dim).copied().unwrap_or(0);
         let spatial: usize = dims.iter().skip(channel_dim + 1).product();
-        let y = ops::pointwise(
+        let y = kernels::pointwise(
             &x.reshape((lead, channels, spatial))?,
             &self.weight,
             Some(&self.bias),
@@ -181,7 +181,7 @@ impl TemporalConv {
         }
         // (B, T', k·C, H·W): tap-major channel stacking.
         let stacked = Tensor::cat(&taps, 2)?.reshape((b * out_t, self.kernel * c, h * w))?;
-        let y = ops::pointwise(&stacked, &self.weight, Some(&self.bias))?;
+        let y = kernels::pointwise(&stacked, &self.weight, Some(&self.bias))?;
         let o = self.weight.dims().first().copied().unwrap_or(0);
         y.reshape((b, out_t, o, h, w))
     }

@@ -1,25 +1,9 @@
-//! Convolution entry points used by the layers. CPU float32 inference goes through the tuned
-//! kernels; everything else (CUDA, half precision, autograd for training) through candle's ops.
+//! Fused normalisation for the layers: CPU float32 inference gets a one-pass kernel; other
+//! devices, dtypes and autograd (training) use candle's ops.
 
 use candle_core::Tensor;
 
 type Result<T> = candle_core::Result<T>;
-
-/// NCHW 2-D convolution with symmetric zero padding.
-pub fn conv2d(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor> {
-    super::kernels::conv2d(x, weight, bias, stride, padding)
-}
-
-/// Linear map over channels: x (N, I, S), weight (O, I) → (N, O, S).
-pub fn pointwise(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    super::kernels::pointwise(x, weight, bias)
-}
 
 /// `swish(group_norm(x))` (or just the norm) over (N, C, ...) tensors, eps inside the square root,
 /// biased variance. CPU float32 inference runs one fused pass for the statistics and one for the
