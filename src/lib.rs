@@ -9,3 +9,4 @@ pub mod io;
 pub mod media;
 pub mod metrics;
 pub mod tokenizer;
+pub mod train;

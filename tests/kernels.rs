@@ -236,7 +236,7 @@ fn bf16_and_f16_use_candle_fallback() {
 }
 
 #[test]
-fn tracked_tensors_use_candle_fallback_with_gradients() {
+fn tracked_tensors_stay_in_the_graph_with_gradients() {
     let x = rand_tensor(&[1, 3, 6, 7], 11);
     let w = Var::from_tensor(&rand_tensor(&[4, 3, 3, 3], 12)).unwrap();
     let b = Var::from_tensor(&rand_tensor(&[4], 13)).unwrap();
@@ -256,6 +256,66 @@ fn tracked_tensors_use_candle_fallback_with_gradients() {
     assert!(y.track_op());
     let grads = y.sum_all().unwrap().backward().unwrap();
     assert!(grads.get(wp.as_tensor()).is_some());
+}
+
+/// The training path's backward (our own input- and weight-gradient kernels) against candle's
+/// conv2d backward in f64, for every geometry the networks use (3x3 pad 1, 3x3 stride 2 pad 0 on
+/// even and odd sizes, 1x1) and odd shapes.
+#[test]
+fn trainable_conv2d_gradients_match_candle_f64() {
+    let cases: [(&[usize], &[usize], usize, usize); 5] = [
+        (&[2, 5, 9, 11], &[7, 5, 3, 3], 1, 1),
+        (&[3, 4, 10, 12], &[6, 4, 3, 3], 2, 0),
+        (&[2, 4, 9, 13], &[5, 4, 3, 3], 2, 0),
+        (&[2, 9, 6, 5], &[3, 9, 1, 1], 1, 0),
+        (&[1, 3, 17, 20], &[8, 3, 3, 3], 1, 1),
+    ];
+    for (i, (xs, ws, stride, pad)) in cases.into_iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        let x = Var::from_tensor(&rand_tensor(xs, seed)).unwrap();
+        let w = Var::from_tensor(&rand_tensor(ws, seed + 1)).unwrap();
+        let b = Var::from_tensor(&rand_tensor(&ws[..1], seed + 2)).unwrap();
+        let y = kernels::conv2d(
+            x.as_tensor(),
+            w.as_tensor(),
+            Some(b.as_tensor()),
+            stride,
+            pad,
+        )
+        .unwrap();
+        // A non-uniform upstream gradient: d(sum(y * r))/dy = r.
+        let r = rand_tensor(y.dims(), seed + 3);
+        let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+
+        let x64 = Var::from_tensor(&x.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+        let w64 = Var::from_tensor(&w.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+        let b64 = Var::from_tensor(&b.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+        let y64 = x64
+            .as_tensor()
+            .conv2d(w64.as_tensor(), pad, stride, 1, 1)
+            .unwrap()
+            .broadcast_add(&b64.as_tensor().reshape((1, ws[0], 1, 1)).unwrap())
+            .unwrap();
+        assert_close(&y, &y64, &format!("case {i}: forward"));
+        let r64 = r.to_dtype(DType::F64).unwrap();
+        let want = (&y64 * &r64)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, got, reference) in [
+            ("dx", grads.get(x.as_tensor()), want.get(x64.as_tensor())),
+            ("dw", grads.get(w.as_tensor()), want.get(w64.as_tensor())),
+            ("db", grads.get(b.as_tensor()), want.get(b64.as_tensor())),
+        ] {
+            assert_close(
+                got.unwrap(),
+                reference.unwrap(),
+                &format!("case {i}: {name}"),
+            );
+        }
+    }
 }
 
 #[test]

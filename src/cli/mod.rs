@@ -6,6 +6,7 @@ mod info;
 mod media_io;
 mod models;
 mod tensors;
+mod train;
 
 use std::path::PathBuf;
 
@@ -48,6 +49,9 @@ enum Command {
     /// The released checkpoints on the Hugging Face Hub: list them with their cache status, fetch
     /// them into the cache.
     Models(models::ModelsArgs),
+    /// Train a Cosmos-architecture tokenizer (nano width by default) on images and videos; writes
+    /// a checkpoint every command loads. Resumes when the output folder holds a run.
+    Train(train::TrainArgs),
 }
 
 /// Which checkpoint, and where to run it.
@@ -130,5 +134,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Models(args) => models::run(&args),
+        Command::Train(args) => train::run(&args),
     }
 }

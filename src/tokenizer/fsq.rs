@@ -150,6 +150,35 @@ pub fn quantize(pre_quant: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((indices, codes))
 }
 
+/// Differentiable FSQ for training: the forward pass gives the same codes as [`quantize`] (up to
+/// ties, which round away from zero here), the backward pass treats rounding as the identity (the
+/// straight-through estimator) so gradients reach the encoder through the `tanh` bound.
+pub fn quantize_straight_through(pre_quant: &Tensor) -> candle_core::Result<Tensor> {
+    let rank = pre_quant.rank();
+    if rank < 3 || pre_quant.dim(1)? != FSQ_DIMS {
+        candle_core::bail!(
+            "FSQ expects (B, {FSQ_DIMS}, ...) inputs, got {:?}",
+            pre_quant.dims()
+        );
+    }
+    let c = constants();
+    let mut shape = vec![1usize; rank];
+    if let Some(channels) = shape.get_mut(1) {
+        *channels = FSQ_DIMS;
+    }
+    let column = |values: [f32; FSQ_DIMS]| {
+        Tensor::from_vec(values.to_vec(), shape.as_slice(), pre_quant.device())?
+            .to_dtype(pre_quant.dtype())
+    };
+    let bounded = pre_quant
+        .broadcast_add(&column(c.shift)?)?
+        .tanh()?
+        .broadcast_mul(&column(c.half_l)?)?
+        .broadcast_sub(&column(c.offset)?)?;
+    let rounding = (bounded.detach().round()? - bounded.detach())?;
+    (bounded + rounding)?.broadcast_div(&column(c.half_width)?)
+}
+
 /// Turns indices (B, ...) of any integer dtype into channel-first codes (B, 6, ...).
 pub fn codes_from_indices(indices: &Tensor, dtype: DType) -> Result<Tensor> {
     let dims = indices.dims().to_vec();
@@ -213,6 +242,47 @@ mod tests {
             codes_again.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             codes.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         );
+    }
+
+    #[test]
+    fn straight_through_codes_match_the_quantizer_and_pass_gradients() {
+        let values: Vec<f32> = (0..6 * 40)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+            .collect();
+        let var = candle_core::Var::from_vec(values, (2, 6, 4, 5), &Device::Cpu).unwrap();
+        let codes = quantize_straight_through(var.as_tensor()).unwrap();
+        let (_, exact) = quantize(var.as_tensor()).unwrap();
+        let diff = (codes.clone() - exact)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6, "codes differ by {diff}");
+        // d codes / d z = half_l · (1 − tanh²(z + shift)) / half_width, rounding passed straight.
+        let grads = codes.sum_all().unwrap().backward().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let z = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let c = constants();
+        for (i, (&gi, &zi)) in g.iter().zip(&z).enumerate() {
+            let d = (i / 20) % 6;
+            let t = (zi + c.shift[d]).tanh();
+            let want = c.half_l[d] * (1.0 - t * t) / c.half_width[d];
+            assert!((gi - want).abs() < 1e-5, "grad {i}: {gi} vs {want}");
+        }
     }
 
     #[test]

@@ -31,7 +31,9 @@
 //! The only `unsafe` is (a) the call into the AVX2 code after run-time feature detection and
 //! (b) the two unaligned vector load/store helpers of the micro-kernel, whose pointers come
 //! straight from references to 16-float arrays.
-use candle_core::{bail, DType, Device, Layout, Result, Storage, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor,
+};
 use rayon::prelude::*;
 
 /// Output pixels per micro-tile: two 8-lane AVX vectors.
@@ -56,6 +58,13 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    if trainable_path_applies(x, weight, bias) {
+        let y = x.apply_op2(weight, TrainableConv2d { stride, padding })?;
+        return match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+            None => Ok(y),
+        };
+    }
     if !fast_path_applies(x, weight, bias) {
         let y = x.conv2d(weight, padding, stride, 1, 1)?;
         return match bias {
@@ -128,6 +137,16 @@ pub fn pointwise(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<T
 fn fast_path_applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
     let ok = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op();
     ok(x) && ok(weight) && bias.is_none_or(ok)
+}
+
+/// CPU f32 tensors inside an autograd graph (training) take the custom op whose forward and
+/// backward both run on the fast kernel; candle's own conv backward is far slower on the CPU.
+fn trainable_path_applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    cpu_f32(x)
+        && cpu_f32(weight)
+        && bias.is_none_or(cpu_f32)
+        && (x.track_op() || weight.track_op() || bias.is_some_and(Tensor::track_op))
 }
 
 /// Convolution geometry (all sizes in elements).
@@ -630,4 +649,242 @@ fn pack_lanes(d: &mut [f32; MR], row: &[f32], col0: isize, s: usize) {
             };
         }
     }
+}
+
+/// conv2d without bias (NCHW, weight (O, I, kh, kw), symmetric zero padding) as a custom op with
+/// a backward pass:
+/// * input gradient: the gradient is scattered onto a zero canvas at the output positions'
+///   strided offsets, then correlated with the spatially flipped, in/out-swapped kernel (a plain
+///   stride-1 convolution on the fast kernel, whatever the forward stride and padding);
+/// * weight gradient: `dW = G · im2col(x)ᵀ`, one GEMM per image, summed.
+#[derive(Clone, Copy, Debug)]
+struct TrainableConv2d {
+    stride: usize,
+    padding: usize,
+}
+
+impl TrainableConv2d {
+    fn geom(&self, x: &Layout, w: &Layout) -> Result<Geom> {
+        let (n, c, h, wd) = x.shape().dims4()?;
+        let (o, wc, kh, kw) = w.shape().dims4()?;
+        if wc != c {
+            bail!("conv2d: weight expects {wc} input channels, x has {c}");
+        }
+        if self.stride == 0 || h + 2 * self.padding < kh || wd + 2 * self.padding < kw {
+            bail!(
+                "conv2d: kernel {kh}x{kw} stride {} does not fit the padded {h}x{wd} input",
+                self.stride
+            );
+        }
+        Ok(Geom {
+            n,
+            c,
+            h,
+            w: wd,
+            o,
+            kh,
+            kw,
+            stride: self.stride,
+            pad: self.padding,
+            ho: (h + 2 * self.padding - kh) / self.stride + 1,
+            wo: (wd + 2 * self.padding - kw) / self.stride + 1,
+        })
+    }
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("kernels: expected a contiguous tensor")
+    };
+    match storage.as_slice::<f32>()?.get(start..end) {
+        Some(s) => Ok(s),
+        None => bail!("kernels: tensor layout is out of its storage's bounds"),
+    }
+}
+
+/// The contiguous values of a CPU f32 tensor, detached from any graph.
+fn values_f32(t: &Tensor) -> Result<Vec<f32>> {
+    t.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()
+}
+
+impl CustomOp2 for TrainableConv2d {
+    fn name(&self) -> &'static str {
+        "tokenscope-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom(l1, l2)?;
+        let out = conv_f32(&g, contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?, None)?;
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = self.geom(x.layout(), weight.layout())?;
+        let grad_values = values_f32(grad)?;
+        let w_values = values_f32(weight)?;
+        let x_values = values_f32(x)?;
+        let grad_x = input_gradient(&g, &grad_values, &w_values)?;
+        let grad_w = weight_gradient(&g, &grad_values, &x_values)?;
+        Ok((
+            Some(Tensor::from_vec(
+                grad_x,
+                (g.n, g.c, g.h, g.w),
+                &Device::Cpu,
+            )?),
+            Some(Tensor::from_vec(
+                grad_w,
+                (g.o, g.c, g.kh, g.kw),
+                &Device::Cpu,
+            )?),
+        ))
+    }
+}
+
+/// dL/dx of a convolution, given dL/dy (N, O, Ho, Wo) and the weights (O, C, kh, kw).
+fn input_gradient(g: &Geom, grad: &[f32], w: &[f32]) -> Result<Vec<f32>> {
+    // x[i] receives g[o]·w[t] wherever o·s + t − p = i. On a canvas z of size H + k − 1 holding
+    // g[o] at o·s + k − 1 − p, that is x[i] = Σ_t' z[i + t']·w[k − 1 − t']: a valid convolution.
+    let (ch, cw) = (g.h + g.kh - 1, g.w + g.kw - 1);
+    let mut canvas = vec![0f32; g.n * g.o * ch * cw];
+    canvas
+        .par_chunks_mut(ch * cw)
+        .zip(grad.par_chunks(g.ho * g.wo))
+        .for_each(|(plane, src)| {
+            for oy in 0..g.ho {
+                let Some(y) = (oy * g.stride + g.kh - 1).checked_sub(g.pad) else {
+                    continue;
+                };
+                if y >= ch {
+                    continue;
+                }
+                for ox in 0..g.wo {
+                    let Some(x) = (ox * g.stride + g.kw - 1).checked_sub(g.pad) else {
+                        continue;
+                    };
+                    if let (true, Some(dst), Some(&v)) =
+                        (x < cw, plane.get_mut(y * cw + x), src.get(oy * g.wo + ox))
+                    {
+                        *dst = v;
+                    }
+                }
+            }
+        });
+    // Flipped kernel with input and output channels swapped: (C, O, kh, kw).
+    let mut flipped = vec![0f32; w.len()];
+    for o in 0..g.o {
+        for c in 0..g.c {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let src = ((o * g.c + c) * g.kh + ky) * g.kw + kx;
+                    let dst = ((c * g.o + o) * g.kh + (g.kh - 1 - ky)) * g.kw + (g.kw - 1 - kx);
+                    if let (Some(d), Some(&v)) = (flipped.get_mut(dst), w.get(src)) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+    }
+    let back = Geom {
+        n: g.n,
+        c: g.o,
+        h: ch,
+        w: cw,
+        o: g.c,
+        kh: g.kh,
+        kw: g.kw,
+        stride: 1,
+        pad: 0,
+        ho: g.h,
+        wo: g.w,
+    };
+    conv_f32(&back, &canvas, &flipped, None)
+}
+
+/// dL/dW of a convolution, given dL/dy (N, O, Ho, Wo) and the input (N, C, H, W).
+fn weight_gradient(g: &Geom, grad: &[f32], x: &[f32]) -> Result<Vec<f32>> {
+    let k_total = g.c * g.kh * g.kw;
+    let plane = g.ho * g.wo;
+    let per_image: Vec<Result<Vec<f32>>> = (0..g.n)
+        .into_par_iter()
+        .map(|n| {
+            // im2col of image n, (P, K) row-major so that G (O, P) · cols (P, K) is the GEMM.
+            let mut cols = vec![0f32; plane * k_total];
+            let image = x
+                .get(n * g.c * g.h * g.w..(n + 1) * g.c * g.h * g.w)
+                .ok_or_else(oob)?;
+            for oy in 0..g.ho {
+                for ox in 0..g.wo {
+                    let row = (oy * g.wo + ox) * k_total;
+                    for c in 0..g.c {
+                        for ky in 0..g.kh {
+                            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                            if iy < 0 || iy >= g.h as isize {
+                                continue;
+                            }
+                            for kx in 0..g.kw {
+                                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                if ix < 0 || ix >= g.w as isize {
+                                    continue;
+                                }
+                                let src = (c * g.h + iy as usize) * g.w + ix as usize;
+                                let dst = row + (c * g.kh + ky) * g.kw + kx;
+                                if let (Some(d), Some(&v)) = (cols.get_mut(dst), image.get(src)) {
+                                    *d = v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let g_n = grad
+                .get(n * g.o * plane..(n + 1) * g.o * plane)
+                .ok_or_else(oob)?;
+            let mut dw = vec![0f32; g.o * k_total];
+            // SAFETY: gemm reads m×k and k×n matrices and writes m×n through the given strides;
+            // the slices above have exactly those sizes.
+            unsafe {
+                gemm::gemm(
+                    g.o,
+                    k_total,
+                    plane,
+                    dw.as_mut_ptr(),
+                    1,
+                    k_total as isize,
+                    false,
+                    g_n.as_ptr(),
+                    1,
+                    plane as isize,
+                    cols.as_ptr(),
+                    1,
+                    k_total as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            Ok(dw)
+        })
+        .collect();
+    let mut total = vec![0f32; g.o * k_total];
+    for dw in per_image {
+        for (t, v) in total.iter_mut().zip(dw?) {
+            *t += v;
+        }
+    }
+    Ok(total)
 }

@@ -211,6 +211,18 @@ impl Tokenizer {
 
     /// Encodes a channel-first input in [-1, 1] and keeps every intermediate tensor.
     pub fn encode_traced(&self, x: &Tensor) -> Result<EncodeTrace> {
+        self.encode_traced_with(x, |pre| {
+            let (indices, codes) = fsq::quantize(pre)?;
+            Ok(Tokens::Discrete { indices, codes })
+        })
+    }
+
+    /// [`Tokenizer::encode_traced`] with the discrete bottleneck given by `quantize`.
+    fn encode_traced_with(
+        &self,
+        x: &Tensor,
+        quantize: impl Fn(&Tensor) -> Result<Tokens>,
+    ) -> Result<EncodeTrace> {
         let Some((net, quant_conv)) = &self.encoder else {
             return Err(TokenizerError::InvalidInput(
                 "this checkpoint has no encoder (only decoder weights were loaded)".into(),
@@ -237,8 +249,7 @@ impl Tokenizer {
             }
         };
         let tokens = if self.config.family.is_discrete() {
-            let (indices, codes) = fsq::quantize(&quant_conv_out)?;
-            Tokens::Discrete { indices, codes }
+            quantize(&quant_conv_out)?
         } else {
             Tokens::Continuous {
                 latent: quant_conv_out.clone(),
@@ -318,5 +329,26 @@ impl Tokenizer {
 
     pub fn decode(&self, tokens: &Tokens) -> Result<Tensor> {
         Ok(self.decode_traced(tokens)?.reconstruction)
+    }
+
+    /// Encode then decode, differentiably: discrete models quantise with the straight-through
+    /// estimator. Used for training; inference goes through [`Tokenizer::encode`].
+    pub fn autoencode(&self, x: &Tensor) -> Result<Tensor> {
+        let trace = self.encode_traced_with(x, |pre| {
+            let codes = fsq::quantize_straight_through(pre)?;
+            Ok(Tokens::Continuous { latent: codes })
+        })?;
+        let Tokens::Continuous { latent } = trace.tokens else {
+            return Err(TokenizerError::InvalidInput("unexpected token kind".into()));
+        };
+        let decoder_input = if self.config.family.is_discrete() {
+            Tokens::Discrete {
+                indices: Tensor::zeros(1, DType::I64, &self.device)?,
+                codes: latent,
+            }
+        } else {
+            Tokens::Continuous { latent }
+        };
+        self.decode(&decoder_input)
     }
 }

@@ -1,0 +1,260 @@
+//! `train`: a Cosmos-architecture tokenizer trained with the Cosmos recipe, written as a checkpoint
+//! every Tokenscope command loads (model.safetensors + config.json + MODEL_CARD.md).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use super::ComputeArgs;
+use crate::tokenizer::checkpoint;
+use crate::tokenizer::config::{self, NetworkConfig};
+use crate::train::data::{self, DataSpec};
+use crate::train::losses::LossWeights;
+use crate::train::{self as training, Progress, TrainInputs, TrainSettings};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// The released variant whose architecture to train (CI8x8, DV8x16x16, CV4x8x8, ...).
+    #[arg(long)]
+    variant: String,
+    /// `nano` (base width 16 for video, 32 for image networks, one residual block per level) or a
+    /// JSON config file.
+    #[arg(long, default_value = "nano")]
+    width: String,
+    /// Images, videos or folders of them; `clip.mp4@80-` or `clip.mp4@0-120` takes a frame range.
+    #[arg(long, required = true, num_args = 1..)]
+    data: Vec<String>,
+    /// Fine-tune from this checkpoint (same architecture; mismatched keys start fresh).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Output folder. Running again with the same folder resumes from its last checkpoint.
+    #[arg(long, short = 'o')]
+    output: PathBuf,
+    /// Model name written to config.json and the model card (default: tokenscope-nano-<variant>).
+    #[arg(long)]
+    name: Option<String>,
+    /// Total optimiser steps (a resumed run continues up to this number).
+    #[arg(long, default_value_t = 20_000)]
+    steps: usize,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Square crop side in pixels (a multiple of the spatial compression).
+    #[arg(long, default_value_t = 128)]
+    crop: usize,
+    /// Longest temporal window in frames (video networks train on 1 + k·t frames up to this).
+    #[arg(long, default_value_t = 17)]
+    max_frames: usize,
+    /// Share of single-frame steps for video networks.
+    #[arg(long, default_value_t = 0.15)]
+    image_fraction: f64,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 500)]
+    warmup: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    clip_norm: f64,
+    #[arg(long, default_value_t = 0.999)]
+    ema_decay: f64,
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: usize,
+    #[arg(long, default_value_t = 500)]
+    validate_every: usize,
+    /// Frames are scaled so their shorter side is at most this many pixels before cropping.
+    #[arg(long, default_value_t = 360)]
+    max_side: usize,
+    /// Storage type of model.safetensors: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    save_dtype: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print a line every this many steps.
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
+    #[command(flatten)]
+    compute: ComputeArgs,
+}
+
+/// The nano width of a released architecture: one residual block per level, base width 16 for
+/// video networks (GroupNorm(1) per frame) and 32 for image networks (GroupNorm(32) needs it).
+pub fn nano_config(base: &NetworkConfig) -> NetworkConfig {
+    NetworkConfig {
+        channels: if base.family.is_video() { 16 } else { 32 },
+        num_res_blocks: 1,
+        ..base.clone()
+    }
+}
+
+fn architecture(args: &TrainArgs) -> anyhow::Result<(String, NetworkConfig)> {
+    let variant = config::find_variant(&args.variant).with_context(|| {
+        format!(
+            "unknown variant `{}`; `tokenscope variants` lists them",
+            args.variant
+        )
+    })?;
+    let network = if args.width == "nano" {
+        nano_config(&variant.config)
+    } else {
+        let text = std::fs::read_to_string(&args.width)
+            .with_context(|| format!("--width: reading `{}`", args.width))?;
+        let custom = config::config_from_json(&text)
+            .with_context(|| format!("--width: `{}`", args.width))?;
+        if custom.family != variant.config.family {
+            bail!(
+                "--width `{}` describes a {} network but --variant {} is {}",
+                args.width,
+                custom.family.name(),
+                variant.name,
+                variant.config.family.name()
+            );
+        }
+        custom
+    };
+    network.check()?;
+    Ok((variant.name.to_string(), network))
+}
+
+pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    // Training runs thousands of small element-wise ops; candle's spinning thread barrier costs
+    // more than it gains there on a few shared cores, while the convolution kernels keep using
+    // every core through rayon. Set before candle's pool starts; an explicit setting wins.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    let (variant, network) = architecture(args)?;
+    if args.crop == 0 || !args.crop.is_multiple_of(network.spatial_compression) {
+        bail!(
+            "--crop {} must be a positive multiple of the spatial compression {}",
+            args.crop,
+            network.spatial_compression
+        );
+    }
+    if args.batch == 0 || args.steps == 0 {
+        bail!("--batch and --steps must be at least 1");
+    }
+    let (device, _) = args.compute.resolve()?;
+    let specs = args
+        .data
+        .iter()
+        .map(|d| DataSpec::parse(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    eprintln!("decoding the training data…");
+    let dataset = data::load(&specs, args.max_side, 0.1, 17)?;
+    for source in &dataset.train {
+        eprintln!(
+            "  train: {} ({} frames, {}x{})",
+            source.label, source.frames.frames, source.frames.width, source.frames.height
+        );
+    }
+    for source in &dataset.validation {
+        eprintln!("  validation: {}", source.label);
+    }
+    let init_weights = match &args.init {
+        Some(path) => {
+            let weights = checkpoint::read_weights(path)
+                .with_context(|| format!("--init `{}`", path.display()))?;
+            Some(weights.tensors)
+        }
+        None => None,
+    };
+    let settings = TrainSettings {
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("tokenscope-nano-{variant}")),
+        variant,
+        config: network,
+        steps: args.steps,
+        batch: args.batch,
+        crop: args.crop,
+        max_frames: args.max_frames.max(1),
+        image_fraction: args.image_fraction,
+        learning_rate: args.lr,
+        warmup_steps: args.warmup,
+        final_lr_fraction: 0.05,
+        weight_decay: args.weight_decay,
+        clip_norm: args.clip_norm,
+        ema_decay: args.ema_decay,
+        checkpoint_every: args.checkpoint_every,
+        validate_every: args.validate_every,
+        seed: args.seed,
+        losses: LossWeights::default(),
+        save_dtype: args.save_dtype.clone(),
+        init: args.init.clone(),
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = Arc::clone(&cancel);
+        let _ = ctrlc::set_handler(move || {
+            if cancel.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\nstopping after this step and saving a checkpoint (Ctrl-C again to quit now)"
+            );
+        });
+    }
+    let log_every = args.log_every.max(1);
+    let mut report = |p: &Progress| {
+        if p.step.is_multiple_of(log_every) || p.validation.is_some() || p.step == p.steps {
+            let mut line = format!(
+                "step {}/{}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.2} s/step  eta {}",
+                p.step,
+                p.steps,
+                p.loss.total,
+                p.learning_rate,
+                p.grad_norm,
+                p.seconds_per_step,
+                eta(p.eta_seconds)
+            );
+            if let Some(v) = &p.validation {
+                line.push_str(&format!("  val PSNR {:.2} dB SSIM {:.4}", v.psnr, v.ssim));
+            }
+            if p.checkpointed {
+                line.push_str("  [saved]");
+            }
+            eprintln!("{line}");
+        }
+    };
+    let inputs = TrainInputs {
+        dataset: &dataset,
+        init_weights: init_weights.as_ref(),
+        device: &device,
+    };
+    let summary = training::train(&settings, &inputs, &args.output, &cancel, &mut report)?;
+    for note in &summary.notes {
+        eprintln!("note: {note}");
+    }
+    if let Some(step) = summary.resumed_from {
+        eprintln!("(resumed from step {step})");
+    }
+    let last = summary.state.validation.last();
+    println!(
+        "{} {} at step {} in {}{}",
+        if summary.cancelled {
+            "stopped"
+        } else {
+            "trained"
+        },
+        summary.out_dir.display(),
+        summary.state.step,
+        eta(summary.state.seconds),
+        last.map(|v| format!(": validation PSNR {:.2} dB, SSIM {:.4}", v.psnr, v.ssim))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn eta(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}

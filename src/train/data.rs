@@ -1,0 +1,320 @@
+//! Training data: images and videos decoded once into memory, a held-out validation tail per
+//! video, and random batches (crops, flips, temporal windows of 1 + k·t frames, frame strides).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::{Result, TrainError};
+use crate::media::{self, DecodeOptions, MediaKind};
+use crate::tokenizer::runner::RgbFrames;
+
+/// One `--data` entry: a file or folder, optionally limited to source frames `start..end`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataSpec {
+    pub path: PathBuf,
+    pub start: usize,
+    pub end: Option<usize>,
+}
+
+impl DataSpec {
+    /// `PATH`, `PATH@START-END` or `PATH@START-` (frames of a video; END exclusive).
+    pub fn parse(text: &str) -> Result<Self> {
+        let Some((path, range)) = text.rsplit_once('@') else {
+            return Ok(Self {
+                path: PathBuf::from(text),
+                start: 0,
+                end: None,
+            });
+        };
+        let bad = || {
+            TrainError::Invalid(format!(
+                "`{text}`: a frame range is written PATH@START-END or PATH@START- (e.g. clip.mp4@80-)"
+            ))
+        };
+        let (start, end) = range.split_once('-').ok_or_else(bad)?;
+        let start = start.trim().parse::<usize>().map_err(|_| bad())?;
+        let end = match end.trim() {
+            "" => None,
+            e => Some(e.parse::<usize>().map_err(|_| bad())?),
+        };
+        if end.is_some_and(|e| e <= start) {
+            return Err(bad());
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            start,
+            end,
+        })
+    }
+
+    fn label(&self) -> String {
+        match (self.start, self.end) {
+            (0, None) => self.path.display().to_string(),
+            (s, None) => format!("{} frames {s}-", self.path.display()),
+            (s, Some(e)) => format!("{} frames {s}-{e}", self.path.display()),
+        }
+    }
+}
+
+/// A decoded source held in memory.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// File name and frame range, for the model card.
+    pub label: String,
+    pub frames: RgbFrames,
+    pub kind: MediaKind,
+}
+
+/// Training and validation material.
+#[derive(Clone, Debug, Default)]
+pub struct Dataset {
+    pub train: Vec<Source>,
+    pub validation: Vec<Source>,
+}
+
+/// Media files directly inside a folder (sorted), or the file itself.
+fn media_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(path).map_err(|e| {
+        TrainError::Invalid(format!(
+            "training data `{}` cannot be read: {e}",
+            path.display()
+        ))
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_media_name(p))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn is_media_name(path: &Path) -> bool {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    matches!(
+        ext.as_str(),
+        "png"
+            | "jpg"
+            | "jpeg"
+            | "webp"
+            | "tif"
+            | "tiff"
+            | "bmp"
+            | "mp4"
+            | "mkv"
+            | "mov"
+            | "webm"
+            | "avi"
+    )
+}
+
+/// Decodes every entry; frames are scaled so the shorter side is at most `max_side`. Videos keep
+/// their last `validation_fraction` of frames (at least `min_validation_frames`) for validation.
+pub fn load(
+    specs: &[DataSpec],
+    max_side: usize,
+    validation_fraction: f64,
+    min_validation_frames: usize,
+) -> Result<Dataset> {
+    let mut dataset = Dataset::default();
+    for spec in specs {
+        let files = media_files(&spec.path)?;
+        if files.is_empty() {
+            return Err(TrainError::Invalid(format!(
+                "no images or videos in `{}`",
+                spec.path.display()
+            )));
+        }
+        for file in files {
+            let entry = DataSpec {
+                path: file.clone(),
+                ..spec.clone()
+            };
+            let probe = media::open(
+                &file,
+                &DecodeOptions {
+                    max_frames: Some(1),
+                    ..DecodeOptions::default()
+                },
+            )
+            .map_err(|e| TrainError::Media(file.display().to_string(), e.to_string()))?;
+            let shorter = probe.frames.height.min(probe.frames.width);
+            let options = DecodeOptions {
+                start: spec.start,
+                count: spec.end.map(|e| e - spec.start),
+                resize_shorter_side: (shorter > max_side).then_some(max_side),
+                ..DecodeOptions::default()
+            };
+            let clip = media::open(&file, &options)
+                .map_err(|e| TrainError::Media(file.display().to_string(), e.to_string()))?;
+            let frames = clip.frames;
+            if clip.kind == MediaKind::Video && frames.frames >= 2 * min_validation_frames {
+                let held = ((frames.frames as f64 * validation_fraction).round() as usize)
+                    .max(min_validation_frames);
+                let kept = frames.frames - held;
+                let end = spec.start + kept;
+                dataset.train.push(Source {
+                    label: format!("{} frames {}-{end}", file.display(), spec.start),
+                    frames: frames.slice(0, kept)?,
+                    kind: clip.kind,
+                });
+                dataset.validation.push(Source {
+                    label: format!("{} frames {end}-{}", file.display(), end + held),
+                    frames: frames.slice(kept, held)?,
+                    kind: clip.kind,
+                });
+            } else {
+                dataset.train.push(Source {
+                    label: entry.label(),
+                    frames,
+                    kind: clip.kind,
+                });
+            }
+        }
+    }
+    if dataset.train.is_empty() {
+        return Err(TrainError::Invalid(
+            "no training data given (--data)".into(),
+        ));
+    }
+    Ok(dataset)
+}
+
+/// What one batch looks like.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchShape {
+    pub batch: usize,
+    /// Frames per item (1 for image networks and image steps).
+    pub frames: usize,
+    pub crop: usize,
+}
+
+/// A random batch in [-1, 1]: (B, 3, T, H, W) for video networks, (B, 3, H, W) for image ones.
+/// Video windows need sources with enough frames; images (and single frames) serve T = 1.
+pub fn sample_batch(
+    dataset: &Dataset,
+    shape: BatchShape,
+    video: bool,
+    rng: &mut StdRng,
+    device: &Device,
+) -> Result<Tensor> {
+    let BatchShape {
+        batch,
+        frames,
+        crop,
+    } = shape;
+    let candidates: Vec<&Source> = dataset
+        .train
+        .iter()
+        .filter(|s| s.frames.frames >= frames && s.frames.height >= crop && s.frames.width >= crop)
+        .collect();
+    if candidates.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "no training source has {frames} frames of at least {crop}x{crop} pixels"
+        )));
+    }
+    let plane = crop * crop;
+    let mut values = vec![0f32; batch * 3 * frames * plane];
+    for item in 0..batch {
+        let source = candidates
+            .get(rng.random_range(0..candidates.len()))
+            .ok_or_else(|| TrainError::Invalid("empty candidate list".into()))?;
+        let f = &source.frames;
+        // A faster apparent motion now and then: every second frame when the source allows it.
+        let stride = if frames > 1 && f.frames >= 2 * frames - 1 && rng.random_bool(0.3) {
+            2
+        } else {
+            1
+        };
+        let span = (frames - 1) * stride + 1;
+        let first = rng.random_range(0..=f.frames - span);
+        let top = rng.random_range(0..=f.height - crop);
+        let left = rng.random_range(0..=f.width - crop);
+        let flip = rng.random_bool(0.5);
+        for t in 0..frames {
+            let frame = first + t * stride;
+            for c in 0..3 {
+                // (B, 3, T, H, W) for video, (B, 3, H, W) (T = 1) for images: same memory order.
+                let base = ((item * 3 + c) * frames + t) * plane;
+                for y in 0..crop {
+                    let row = ((frame * f.height + top + y) * f.width + left) * 3;
+                    for x in 0..crop {
+                        let sx = if flip { crop - 1 - x } else { x };
+                        let value = f.data.get(row + sx * 3 + c).copied().unwrap_or(0);
+                        if let Some(slot) = values.get_mut(base + y * crop + x) {
+                            *slot = f32::from(value) / 127.5 - 1.0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let tensor = if video {
+        Tensor::from_vec(values, (batch, 3, frames, crop, crop), device)?
+    } else {
+        Tensor::from_vec(values, (batch, 3, crop, crop), device)?
+    };
+    Ok(tensor)
+}
+
+/// Fixed validation inputs: one centred window per validation source (and per image when there is
+/// no validation video), cropped to at most `side`×`side`.
+pub fn validation_windows(dataset: &Dataset, frames: usize, side: usize) -> Result<Vec<RgbFrames>> {
+    let mut windows = Vec::new();
+    for source in &dataset.validation {
+        let f = &source.frames;
+        if f.frames < frames {
+            continue;
+        }
+        let start = (f.frames - frames) / 2;
+        let window = f.slice(start, frames)?;
+        windows.push(centre_crop(&window, side)?);
+    }
+    Ok(windows)
+}
+
+/// The centred `side`×`side` crop (sides rounded down to multiples of 16).
+pub fn centre_crop(clip: &RgbFrames, side: usize) -> Result<RgbFrames> {
+    let h = clip.height.min(side) / 16 * 16;
+    let w = clip.width.min(side) / 16 * 16;
+    let (top, left) = ((clip.height - h) / 2, (clip.width - w) / 2);
+    let mut data = Vec::with_capacity(clip.frames * h * w * 3);
+    for t in 0..clip.frames {
+        for y in 0..h {
+            let start = ((t * clip.height + top + y) * clip.width + left) * 3;
+            let row = clip
+                .data
+                .get(start..start + w * 3)
+                .ok_or_else(|| TrainError::Invalid("crop outside the frame".into()))?;
+            data.extend_from_slice(row);
+        }
+    }
+    Ok(RgbFrames::new(clip.frames, h, w, data)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_specs_parse_frame_ranges() {
+        let s = DataSpec::parse("a/b.mp4@80-").unwrap();
+        assert_eq!((s.start, s.end), (80, None));
+        let s = DataSpec::parse("a/b.mp4@3-9").unwrap();
+        assert_eq!(
+            (s.path.to_str().unwrap(), s.start, s.end),
+            ("a/b.mp4", 3, Some(9))
+        );
+        assert_eq!(DataSpec::parse("plain.png").unwrap().start, 0);
+        assert!(DataSpec::parse("x.mp4@9-3").is_err());
+        assert!(DataSpec::parse("x.mp4@nine").is_err());
+    }
+}

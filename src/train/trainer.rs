@@ -1,0 +1,518 @@
+//! The training loop: sample, autoencode, loss, clip, AdamW, EMA; validation, atomic
+//! checkpoints and exact resumption.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::data::{self, BatchShape, Dataset};
+use super::losses::{self, LossParts, LossWeights};
+use super::optim::{self, AdamW, AdamWSettings, Ema};
+use super::params::{self, Parameters};
+use super::{card, Result, TrainError};
+use crate::io;
+use crate::metrics;
+use crate::tokenizer::model::HaarTaps;
+use crate::tokenizer::runner::{self, RgbFrames, RunOptions};
+use crate::tokenizer::{NetworkConfig, Tokenizer};
+
+/// File names inside the output folder.
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const CONFIG_FILE: &str = "config.json";
+pub const CARD_FILE: &str = "MODEL_CARD.md";
+pub const STATE_FILE: &str = "train_state.safetensors";
+pub const STATE_JSON: &str = "train_state.json";
+
+/// Everything that defines a run. Saved with the state so a resumed run uses the same recipe.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainSettings {
+    /// Name of the trained model (also the `name` in config.json).
+    pub name: String,
+    /// The released variant whose architecture this is (CV8x8x8, ...).
+    pub variant: String,
+    pub config: NetworkConfig,
+    /// Total optimiser steps.
+    pub steps: usize,
+    pub batch: usize,
+    /// Square crop side in pixels.
+    pub crop: usize,
+    /// Longest training window in frames (video networks; 1 + k·t).
+    pub max_frames: usize,
+    /// Share of steps on single frames (images train video networks as T = 1).
+    pub image_fraction: f64,
+    pub learning_rate: f64,
+    pub warmup_steps: usize,
+    /// The cosine schedule ends at this fraction of the peak rate.
+    pub final_lr_fraction: f64,
+    pub weight_decay: f64,
+    pub clip_norm: f64,
+    pub ema_decay: f64,
+    pub checkpoint_every: usize,
+    pub validate_every: usize,
+    pub seed: u64,
+    pub losses: LossWeights,
+    /// Storage type of model.safetensors: "f32", "f16" or "bf16".
+    pub save_dtype: String,
+    /// Checkpoint the run started from, if fine-tuning.
+    pub init: Option<PathBuf>,
+}
+
+/// One logged step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    pub step: usize,
+    pub loss: LossParts,
+    pub learning_rate: f64,
+    pub grad_norm: f64,
+    pub frames: usize,
+}
+
+/// One validation measurement of the EMA weights.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ValidationPoint {
+    pub step: usize,
+    /// Mean over validation windows of the TokenBench clip PSNR, dB.
+    pub psnr: f64,
+    pub ssim: f64,
+}
+
+/// What the state JSON holds besides the tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    pub settings: TrainSettings,
+    pub step: usize,
+    pub seconds: f64,
+    pub history: Vec<HistoryPoint>,
+    pub validation: Vec<ValidationPoint>,
+    pub data: Vec<String>,
+    pub validation_data: Vec<String>,
+    pub machine: String,
+    pub parameters: usize,
+}
+
+/// Reported after every step.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub step: usize,
+    pub steps: usize,
+    pub loss: LossParts,
+    pub learning_rate: f64,
+    pub grad_norm: f64,
+    pub seconds_per_step: f64,
+    pub eta_seconds: f64,
+    pub validation: Option<ValidationPoint>,
+    pub checkpointed: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub state: TrainState,
+    pub out_dir: PathBuf,
+    pub resumed_from: Option<usize>,
+    pub cancelled: bool,
+    /// What the loader changed or initialised fresh when fine-tuning.
+    pub notes: Vec<String>,
+}
+
+/// What a run trains on, starts from and runs on.
+#[derive(Clone, Copy)]
+pub struct TrainInputs<'a> {
+    pub dataset: &'a Dataset,
+    /// Weights to fine-tune from (ignored when resuming).
+    pub init_weights: Option<&'a HashMap<String, Tensor>>,
+    pub device: &'a Device,
+}
+
+struct Run {
+    params: Parameters,
+    optimiser: AdamW,
+    ema: Ema,
+    state: TrainState,
+}
+
+fn storage_dtype(name: &str) -> Result<DType> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(TrainError::Invalid(format!(
+            "unknown save dtype `{other}` (f32, f16 or bf16)"
+        ))),
+    }
+}
+
+fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!("{cpu}, {threads} threads, CPU f32")
+}
+
+fn read_state(out_dir: &Path) -> Result<Option<(TrainState, HashMap<String, Tensor>)>> {
+    let json = out_dir.join(STATE_JSON);
+    let tensors = out_dir.join(STATE_FILE);
+    if !json.is_file() || !tensors.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&json).map_err(|source| TrainError::Io {
+        context: format!("reading `{}`", json.display()),
+        source,
+    })?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| {
+        TrainError::Invalid(format!(
+            "`{}` is not a Tokenscope training state ({e}); move it away to start afresh",
+            json.display()
+        ))
+    })?;
+    let tensors = candle_core::safetensors::load(&tensors, &Device::Cpu)?;
+    Ok(Some((state, tensors)))
+}
+
+fn start_run(
+    settings: &TrainSettings,
+    dataset: &Dataset,
+    init_weights: Option<&HashMap<String, Tensor>>,
+    device: &Device,
+    notes: &mut Vec<String>,
+) -> Result<Run> {
+    let params = match init_weights {
+        Some(weights) => {
+            let (params, init_notes) =
+                Parameters::from_weights(&settings.config, weights, settings.seed, device)?;
+            notes.extend(init_notes);
+            params
+        }
+        None => Parameters::initialised(&settings.config, settings.seed, device)?,
+    };
+    let optimiser = AdamW::new(&params, adamw_settings(settings))?;
+    let ema = Ema::new(&params, settings.ema_decay)?;
+    let state = TrainState {
+        settings: settings.clone(),
+        step: 0,
+        seconds: 0.0,
+        history: Vec::new(),
+        validation: Vec::new(),
+        data: dataset.train.iter().map(|s| s.label.clone()).collect(),
+        validation_data: dataset.validation.iter().map(|s| s.label.clone()).collect(),
+        machine: machine_description(),
+        parameters: params.count(),
+    };
+    Ok(Run {
+        params,
+        optimiser,
+        ema,
+        state,
+    })
+}
+
+fn adamw_settings(settings: &TrainSettings) -> AdamWSettings {
+    AdamWSettings {
+        learning_rate: settings.learning_rate,
+        weight_decay: settings.weight_decay,
+        ..AdamWSettings::default()
+    }
+}
+
+fn resume_run(
+    saved: TrainState,
+    tensors: &HashMap<String, Tensor>,
+    settings: &TrainSettings,
+    device: &Device,
+) -> Result<Run> {
+    if saved.settings.config != settings.config {
+        return Err(TrainError::Invalid(
+            "the output folder holds a run of another architecture; choose another -o or delete its train_state.*"
+                .into(),
+        ));
+    }
+    let shapes = params::parameter_shapes(&settings.config)?;
+    let params = Parameters::from_exact(&shapes, tensors, "p.", device)?;
+    let mut optimiser = AdamW::new(&params, adamw_settings(settings))?;
+    optimiser.restore(tensors, saved.step)?;
+    let ema_params = Parameters::from_exact(&shapes, tensors, "e.", device)?;
+    let ema = Ema {
+        decay: settings.ema_decay,
+        weights: ema_params.snapshot()?,
+    };
+    let mut state = saved;
+    // The step budget, cadence and storage type may change between sessions; the recipe may not.
+    state.settings.steps = settings.steps;
+    state.settings.checkpoint_every = settings.checkpoint_every;
+    state.settings.validate_every = settings.validate_every;
+    state.settings.save_dtype = settings.save_dtype.clone();
+    Ok(Run {
+        params,
+        optimiser,
+        ema,
+        state,
+    })
+}
+
+/// A runnable network from named weights (the EMA weights for validation and export).
+pub fn tokenizer_from_weights(
+    config: &NetworkConfig,
+    weights: &std::collections::BTreeMap<String, Tensor>,
+    device: &Device,
+) -> Result<Tokenizer> {
+    let tensors: HashMap<String, Tensor> = weights
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    Ok(Tokenizer::new(config, HaarTaps::default(), true, true, vb)?)
+}
+
+/// Frames per step: 1 for image networks and image steps, else 1 + k·t with k random.
+fn frames_for_step(config: &NetworkConfig, settings: &TrainSettings, rng: &mut StdRng) -> usize {
+    if !config.family.is_video() {
+        return 1;
+    }
+    if rng.random_bool(settings.image_fraction.clamp(0.0, 1.0)) {
+        return 1;
+    }
+    let t = config.temporal_compression.max(1);
+    let k_max = (settings.max_frames.saturating_sub(1) / t).max(1);
+    1 + t * rng.random_range(1..=k_max)
+}
+
+/// Frames of one validation window.
+fn validation_frames(config: &NetworkConfig, settings: &TrainSettings) -> usize {
+    if config.family.is_video() {
+        let t = config.temporal_compression.max(1);
+        1 + (settings.max_frames.saturating_sub(1) / t).max(1) * t
+    } else {
+        4
+    }
+}
+
+/// Mean clip PSNR and SSIM of `model` over the validation windows (None without any).
+pub fn validate(
+    model: &Tokenizer,
+    windows: &[RgbFrames],
+    cancel: &AtomicBool,
+) -> Result<Option<(f64, f64)>> {
+    if windows.is_empty() {
+        return Ok(None);
+    }
+    let (mut psnr, mut ssim) = (0.0, 0.0);
+    for window in windows {
+        let options = RunOptions {
+            temporal_window: window.frames,
+            tiling: None,
+        };
+        let result = runner::reconstruct(model, window, &options, cancel, &mut |_, _| {})?;
+        let summary = metrics::clip_metrics(window, &result.reconstruction)
+            .map_err(|e| TrainError::Invalid(format!("validation metrics: {e}")))?;
+        psnr += summary.psnr_clip;
+        ssim += summary.ssim_mean;
+    }
+    let n = windows.len() as f64;
+    Ok(Some((psnr / n, ssim / n)))
+}
+
+fn save(run: &Run, out_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(out_dir).map_err(|source| TrainError::Io {
+        context: format!("creating `{}`", out_dir.display()),
+        source,
+    })?;
+    let settings = &run.state.settings;
+    let dtype = storage_dtype(&settings.save_dtype)?;
+    let model_tensors: Vec<(String, Tensor)> = run
+        .ema
+        .weights
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.to_dtype(dtype)?)))
+        .collect::<Result<_>>()?;
+    let metadata = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("tokenscope_model".to_string(), settings.name.clone()),
+        ("step".to_string(), run.state.step.to_string()),
+    ]);
+    let refs: Vec<(&str, &Tensor)> = model_tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    io::save_safetensors(&out_dir.join(MODEL_FILE), &refs, metadata)?;
+
+    let mut state_tensors: Vec<(String, Tensor)> = Vec::new();
+    for (k, var) in run.params.iter() {
+        state_tensors.push((format!("p.{k}"), var.as_tensor().detach()));
+    }
+    for (k, v) in &run.ema.weights {
+        state_tensors.push((format!("e.{k}"), v.clone()));
+    }
+    state_tensors.extend(run.optimiser.state_tensors());
+    let refs: Vec<(&str, &Tensor)> = state_tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    io::save_safetensors(&out_dir.join(STATE_FILE), &refs, HashMap::new())?;
+
+    write_text(&out_dir.join(CONFIG_FILE), &config_json(settings)?)?;
+    let state_json = serde_json::to_string_pretty(&run.state)
+        .map_err(|e| TrainError::Invalid(format!("serialising the training state: {e}")))?;
+    write_text(&out_dir.join(STATE_JSON), &state_json)?;
+    write_text(&out_dir.join(CARD_FILE), &card::model_card(&run.state))?;
+    Ok(())
+}
+
+/// config.json in the layout the loader reads (`network`), plus what a reader wants to know.
+pub fn config_json(settings: &TrainSettings) -> Result<String> {
+    let value = serde_json::json!({
+        "name": settings.name,
+        "trained_by": "tokenscope train",
+        "mirrors_official_variant": settings.variant,
+        "family": settings.config.family.name(),
+        "network": settings.config,
+    });
+    serde_json::to_string_pretty(&value)
+        .map_err(|e| TrainError::Invalid(format!("serialising config.json: {e}")))
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    io::write_atomically(path, |tmp| {
+        std::fs::write(tmp, text.as_bytes()).map_err(|e| e.to_string())
+    })?;
+    Ok(())
+}
+
+/// Trains (or resumes training) into `out_dir`. `report` sees every step. Cancelling saves a
+/// checkpoint and returns normally with `cancelled` set.
+pub fn train(
+    settings: &TrainSettings,
+    inputs: &TrainInputs,
+    out_dir: &Path,
+    cancel: &AtomicBool,
+    report: &mut dyn FnMut(&Progress),
+) -> Result<TrainSummary> {
+    settings.config.check()?;
+    storage_dtype(&settings.save_dtype)?;
+    let TrainInputs {
+        dataset,
+        init_weights,
+        device,
+    } = *inputs;
+    let mut notes = Vec::new();
+    let (mut run, resumed_from) = match read_state(out_dir)? {
+        Some((saved, tensors)) => {
+            let step = saved.step;
+            (resume_run(saved, &tensors, settings, device)?, Some(step))
+        }
+        None => (
+            start_run(settings, dataset, init_weights, device, &mut notes)?,
+            None,
+        ),
+    };
+    let config = run.state.settings.config.clone();
+    let recipe = run.state.settings.clone();
+    let video = config.family.is_video();
+    let validation_windows =
+        data::validation_windows(dataset, validation_frames(&config, &recipe), 256)?;
+    let mut rng = StdRng::seed_from_u64(recipe.seed.wrapping_add(run.state.step as u64));
+    let started = Instant::now();
+    let seconds_before = run.state.seconds;
+    let first_step = run.state.step;
+    let mut cancelled = false;
+    while run.state.step < recipe.steps {
+        if cancel.load(Ordering::Relaxed) {
+            cancelled = true;
+            break;
+        }
+        let step = run.state.step;
+        let frames = frames_for_step(&config, &recipe, &mut rng);
+        let batch = data::sample_batch(
+            dataset,
+            BatchShape {
+                batch: recipe.batch,
+                frames,
+                crop: recipe.crop,
+            },
+            video,
+            &mut rng,
+            device,
+        )?;
+        let model = run.params.tokenizer(&config)?;
+        let reconstruction = model.autoencode(&batch)?;
+        let (loss, parts) = losses::total_loss(&batch, &reconstruction, &recipe.losses)?;
+        if !parts.total.is_finite() {
+            return Err(TrainError::Diverged(format!(
+                "the loss is {} at step {step}; lower --lr",
+                parts.total
+            )));
+        }
+        let grads = loss.backward()?;
+        let (grad_norm, scale) = optim::clip_scale(&run.params, &grads, recipe.clip_norm)?;
+        let learning_rate = optim::learning_rate_at(
+            step,
+            recipe.steps,
+            recipe.warmup_steps,
+            recipe.learning_rate,
+            recipe.final_lr_fraction,
+        );
+        run.optimiser.set_learning_rate(learning_rate);
+        run.optimiser.step(&run.params, &grads, scale)?;
+        run.ema.update(&run.params, step)?;
+        run.state.step += 1;
+        let done = run.state.step;
+        run.state.seconds = seconds_before + started.elapsed().as_secs_f64();
+        run.state.history.push(HistoryPoint {
+            step: done,
+            loss: parts.clone(),
+            learning_rate,
+            grad_norm,
+            frames,
+        });
+
+        let mut validation = None;
+        let last = done == recipe.steps;
+        if recipe.validate_every > 0 && (done % recipe.validate_every == 0 || last) {
+            let ema_model = tokenizer_from_weights(&config, &run.ema.weights, device)?;
+            let never = AtomicBool::new(false);
+            if let Some((psnr, ssim)) = validate(&ema_model, &validation_windows, &never)? {
+                let point = ValidationPoint {
+                    step: done,
+                    psnr,
+                    ssim,
+                };
+                run.state.validation.push(point.clone());
+                validation = Some(point);
+            }
+        }
+        let checkpointed = recipe.checkpoint_every > 0 && done % recipe.checkpoint_every == 0;
+        if checkpointed || last {
+            save(&run, out_dir)?;
+        }
+        let per_step = started.elapsed().as_secs_f64() / (done - first_step) as f64;
+        report(&Progress {
+            step: done,
+            steps: recipe.steps,
+            loss: parts,
+            learning_rate,
+            grad_norm,
+            seconds_per_step: per_step,
+            eta_seconds: per_step * (recipe.steps - done) as f64,
+            validation,
+            checkpointed: checkpointed || last,
+        });
+    }
+    if cancelled || run.state.step == first_step {
+        save(&run, out_dir)?;
+    }
+    Ok(TrainSummary {
+        state: run.state,
+        out_dir: out_dir.to_path_buf(),
+        resumed_from,
+        cancelled,
+        notes,
+    })
+}
