@@ -57,6 +57,7 @@ fn settings(config: NetworkConfig, steps: usize) -> TrainSettings {
         losses: LossWeights::default(),
         save_dtype: "f32".into(),
         init: None,
+        vgg19: None,
     }
 }
 
@@ -260,4 +261,47 @@ fn the_train_command_writes_a_loadable_model_and_names_bad_input() {
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("/nonexistent.mp4"), "{stderr}");
+}
+
+#[test]
+fn stage_two_adds_flow_and_a_late_adversary_and_resumes_them() {
+    let dataset = dataset();
+    let out = scratch("stage2");
+    let inputs = TrainInputs {
+        dataset: &dataset,
+        init_weights: None,
+        device: &Device::Cpu,
+    };
+    let never = AtomicBool::new(false);
+    let mut recipe = settings(tiny_config("CV4x8x8"), 6);
+    recipe.losses = LossWeights::stage2(10);
+    assert_eq!(recipe.losses.adversarial_start, 6);
+    let first = train(&recipe, &inputs, &out, &never, &mut |_| {}).unwrap();
+    assert!(
+        first.state.history.iter().all(|h| h.loss.flow > 0.0),
+        "flow term on video windows"
+    );
+    assert!(
+        first
+            .state
+            .history
+            .iter()
+            .all(|h| h.loss.adversarial == 0.0),
+        "adversary not yet"
+    );
+    recipe.steps = 10;
+    let second = train(&recipe, &inputs, &out, &never, &mut |_| {}).unwrap();
+    let late: Vec<_> = second.state.history.iter().skip(6).collect();
+    assert_eq!(late.len(), 4);
+    assert!(late
+        .iter()
+        .all(|h| h.loss.adversarial != 0.0 && h.loss.discriminator > 0.0));
+    let state =
+        candle_core::safetensors::load(out.join("train_state.safetensors"), &Device::Cpu).unwrap();
+    assert!(state.contains_key("d.0.weight") && state.contains_key("dm.0.weight"));
+    let card = std::fs::read_to_string(out.join("MODEL_CARD.md")).unwrap();
+    assert!(
+        card.contains("optical-flow consistency") && card.contains("no VGG-19 weights"),
+        "{card}"
+    );
 }

@@ -51,7 +51,7 @@ enum Command {
     Models(models::ModelsArgs),
     /// Train a Cosmos-architecture tokenizer (nano width by default) on images and videos; writes
     /// a checkpoint every command loads. Resumes when the output folder holds a run.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
 }
 
 /// Which checkpoint, and where to run it.

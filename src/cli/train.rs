@@ -15,6 +15,12 @@ use crate::train::data::{self, DataSpec};
 use crate::train::losses::LossWeights;
 use crate::train::{self as training, Progress, TrainInputs, TrainSettings};
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Recipe {
+    Stage1,
+    Stage2,
+}
+
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// The released variant whose architecture to train (CI8x8, DV8x16x16, CV4x8x8, ...).
@@ -73,6 +79,27 @@ pub struct TrainArgs {
     save_dtype: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Loss recipe of the Cosmos paper: `stage1` (L1 + perceptual) or `stage2` (adds optical-flow
+    /// consistency, Gram texture, and an adversarial term for the last 40% of the steps); usually
+    /// stage 2 fine-tunes a stage-1 run (same -o, more --steps).
+    #[arg(long, value_enum, default_value = "stage1")]
+    recipe: Recipe,
+    /// torchvision VGG-19 weights (safetensors of `vgg19().state_dict()`) for the perceptual and
+    /// texture terms; without them those terms are off and the run says so.
+    #[arg(long)]
+    vgg19: Option<PathBuf>,
+    /// Override the recipe's term weights.
+    #[arg(long)]
+    perceptual_weight: Option<f64>,
+    #[arg(long)]
+    gram_weight: Option<f64>,
+    #[arg(long)]
+    flow_weight: Option<f64>,
+    #[arg(long)]
+    adversarial_weight: Option<f64>,
+    /// First step of the adversarial term.
+    #[arg(long)]
+    adversarial_start: Option<usize>,
     /// Print a line every this many steps.
     #[arg(long, default_value_t = 10)]
     log_every: usize,
@@ -117,6 +144,29 @@ fn architecture(args: &TrainArgs) -> anyhow::Result<(String, NetworkConfig)> {
     };
     network.check()?;
     Ok((variant.name.to_string(), network))
+}
+
+fn loss_weights(args: &TrainArgs) -> LossWeights {
+    let mut weights = match args.recipe {
+        Recipe::Stage1 => LossWeights::default(),
+        Recipe::Stage2 => LossWeights::stage2(args.steps),
+    };
+    if let Some(w) = args.perceptual_weight {
+        weights.perceptual = w;
+    }
+    if let Some(w) = args.gram_weight {
+        weights.gram = w;
+    }
+    if let Some(w) = args.flow_weight {
+        weights.flow = w;
+    }
+    if let Some(w) = args.adversarial_weight {
+        weights.adversarial = w;
+    }
+    if let Some(s) = args.adversarial_start {
+        weights.adversarial_start = s;
+    }
+    weights
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
@@ -183,10 +233,15 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         checkpoint_every: args.checkpoint_every,
         validate_every: args.validate_every,
         seed: args.seed,
-        losses: LossWeights::default(),
+        losses: loss_weights(args),
         save_dtype: args.save_dtype.clone(),
         init: args.init.clone(),
+        vgg19: args.vgg19.clone(),
     };
+    eprintln!(
+        "losses: {}",
+        settings.losses.describe(settings.vgg19.is_some())
+    );
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let cancel = Arc::clone(&cancel);

@@ -8,7 +8,7 @@ pub mod image;
 pub mod kernels;
 pub mod layers;
 pub mod model;
-mod ops;
+pub mod ops;
 pub mod runner;
 
 pub mod video;

@@ -80,9 +80,8 @@ pub fn model_card(state: &TrainState) -> String {
     let _ = writeln!(out, "## Recipe\n");
     let _ = writeln!(
         out,
-        "- Stage 1 of the Cosmos recipe: L1 pixel loss (weight {}); the VGG-19 perceptual term was \
-         off (no VGG-19 weights on the training machine).",
-        s.losses.l1
+        "- Loss (the Cosmos recipe): {}.",
+        s.losses.describe(s.vgg19.is_some())
     );
     if c.family.is_discrete() {
         let _ = writeln!(out, "- FSQ trained with the straight-through estimator.");

@@ -1,19 +1,90 @@
-//! Reconstruction losses. Stage 1 of the Cosmos recipe is an L1 pixel loss (plus a perceptual term
-//! when VGG-19 weights are given).
+//! The loss of the Cosmos recipe. Stage 1: L1 pixel loss plus a VGG-19 perceptual term. Stage 2
+//! adds optical-flow consistency and a Gram-matrix texture term, and late in training an
+//! adversarial term from a patch discriminator. Terms that need VGG-19 weights are off without
+//! them.
 
 use candle_core::Tensor;
 
-use super::Result;
+use super::discriminator::{self, PatchDiscriminator};
+use super::vgg::{self, Vgg19};
+use super::{flow, Result};
 
-/// Weights of the loss terms.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+/// Weights of the loss terms (0 switches a term off).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossWeights {
     pub l1: f64,
+    #[serde(default)]
+    pub perceptual: f64,
+    #[serde(default)]
+    pub gram: f64,
+    #[serde(default)]
+    pub flow: f64,
+    #[serde(default)]
+    pub adversarial: f64,
+    /// First step with the adversarial term.
+    #[serde(default)]
+    pub adversarial_start: usize,
 }
 
 impl Default for LossWeights {
+    /// Stage 1.
     fn default() -> Self {
-        Self { l1: 1.0 }
+        Self {
+            l1: 1.0,
+            perceptual: 0.1,
+            gram: 0.0,
+            flow: 0.0,
+            adversarial: 0.0,
+            adversarial_start: 0,
+        }
+    }
+}
+
+impl LossWeights {
+    /// Stage 2 (fine-tuning): flow consistency and texture on, adversarial for the last 40%.
+    pub fn stage2(total_steps: usize) -> Self {
+        Self {
+            l1: 1.0,
+            perceptual: 0.1,
+            gram: 0.1,
+            flow: 0.2,
+            adversarial: 0.05,
+            adversarial_start: total_steps * 3 / 5,
+        }
+    }
+
+    pub fn needs_vgg(&self) -> bool {
+        self.perceptual > 0.0 || self.gram > 0.0
+    }
+
+    pub fn adversarial_at(&self, step: usize) -> bool {
+        self.adversarial > 0.0 && step >= self.adversarial_start
+    }
+
+    /// A readable list of the enabled terms.
+    pub fn describe(&self, with_vgg: bool) -> String {
+        let mut terms = vec![format!("L1 x{}", self.l1)];
+        let vgg_state = |w: f64, name: &str| {
+            if w <= 0.0 {
+                None
+            } else if with_vgg {
+                Some(format!("{name} x{w}"))
+            } else {
+                Some(format!("{name} x{w} (off: no VGG-19 weights given)"))
+            }
+        };
+        terms.extend(vgg_state(self.perceptual, "VGG-19 perceptual"));
+        terms.extend(vgg_state(self.gram, "Gram texture"));
+        if self.flow > 0.0 {
+            terms.push(format!("optical-flow consistency x{}", self.flow));
+        }
+        if self.adversarial > 0.0 {
+            terms.push(format!(
+                "hinge adversarial x{} from step {}",
+                self.adversarial, self.adversarial_start
+            ));
+        }
+        terms.join(", ")
     }
 }
 
@@ -21,7 +92,25 @@ impl Default for LossWeights {
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct LossParts {
     pub l1: f64,
+    #[serde(default)]
+    pub perceptual: f64,
+    #[serde(default)]
+    pub gram: f64,
+    #[serde(default)]
+    pub flow: f64,
+    #[serde(default)]
+    pub adversarial: f64,
+    /// The discriminator's own hinge loss (not part of `total`).
+    #[serde(default)]
+    pub discriminator: f64,
     pub total: f64,
+}
+
+/// What the optional terms need.
+pub struct LossContext<'a> {
+    pub vgg: Option<&'a Vgg19>,
+    pub discriminator: Option<&'a PatchDiscriminator>,
+    pub step: usize,
 }
 
 /// Mean absolute error.
@@ -29,17 +118,48 @@ pub fn l1(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     (x - y)?.abs()?.mean_all()
 }
 
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(f64::from(
+        t.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?,
+    ))
+}
+
 /// The weighted sum of every enabled term, with each term's value.
 pub fn total_loss(
     input: &Tensor,
     reconstruction: &Tensor,
     weights: &LossWeights,
+    context: &LossContext,
 ) -> Result<(Tensor, LossParts)> {
+    let mut parts = LossParts::default();
     let l1_term = l1(input, reconstruction)?;
-    let total = (&l1_term * weights.l1)?;
-    let parts = LossParts {
-        l1: f64::from(l1_term.to_scalar::<f32>()?),
-        total: f64::from(total.to_scalar::<f32>()?),
-    };
+    parts.l1 = scalar(&l1_term)?;
+    let mut total = (&l1_term * weights.l1)?;
+    if let (Some(net), true) = (context.vgg, weights.needs_vgg()) {
+        let real = net.features(&discriminator::frames_of(input)?)?;
+        let fake = net.features(&discriminator::frames_of(reconstruction)?)?;
+        if weights.perceptual > 0.0 {
+            let term = vgg::perceptual_loss(&real, &fake)?;
+            parts.perceptual = scalar(&term)?;
+            total = (total + (term * weights.perceptual)?)?;
+        }
+        if weights.gram > 0.0 {
+            let term = vgg::gram_loss(&real, &fake)?;
+            parts.gram = scalar(&term)?;
+            total = (total + (term * weights.gram)?)?;
+        }
+    }
+    if weights.flow > 0.0 && input.rank() == 5 {
+        let term = flow::flow_loss(input, reconstruction)?;
+        parts.flow = scalar(&term)?;
+        total = (total + (term * weights.flow)?)?;
+    }
+    if let (Some(d), true) = (context.discriminator, weights.adversarial_at(context.step)) {
+        let term =
+            discriminator::generator_loss(&d.forward(&discriminator::frames_of(reconstruction)?)?)?;
+        parts.adversarial = scalar(&term)?;
+        total = (total + (term * weights.adversarial)?)?;
+    }
+    parts.total = scalar(&total)?;
     Ok((total, parts))
 }

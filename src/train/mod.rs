@@ -3,10 +3,13 @@
 
 pub mod card;
 pub mod data;
+pub mod discriminator;
+pub mod flow;
 pub mod losses;
 pub mod optim;
 pub mod params;
 pub mod trainer;
+pub mod vgg;
 
 pub use trainer::{train, Progress, TrainInputs, TrainSettings, TrainSummary};
 

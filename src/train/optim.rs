@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::backprop::GradStore;
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 use super::params::Parameters;
 use super::{Result, TrainError};
@@ -51,9 +51,12 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    pub fn new(params: &Parameters, settings: AdamWSettings) -> Result<Self> {
+    pub fn new<'a>(
+        vars: impl IntoIterator<Item = (&'a String, &'a Var)>,
+        settings: AdamWSettings,
+    ) -> Result<Self> {
         let mut moments = BTreeMap::new();
-        for (name, var) in params.iter() {
+        for (name, var) in vars {
             let zeros = var.as_tensor().zeros_like()?;
             moments.insert(name.clone(), (zeros.clone(), zeros));
         }
@@ -70,13 +73,18 @@ impl AdamW {
 
     /// One update from `grads`, scaled by `grad_scale` (gradient clipping). Parameters without a
     /// gradient (unused by this loss) are left alone.
-    pub fn step(&mut self, params: &Parameters, grads: &GradStore, grad_scale: f64) -> Result<()> {
+    pub fn step<'a>(
+        &mut self,
+        vars: impl IntoIterator<Item = (&'a String, &'a Var)>,
+        grads: &GradStore,
+        grad_scale: f64,
+    ) -> Result<()> {
         self.steps += 1;
         let s = self.settings;
         let t = self.steps as i32;
         let correction1 = 1.0 - s.beta1.powi(t);
         let correction2 = 1.0 - s.beta2.powi(t);
-        for (name, var) in params.iter() {
+        for (name, var) in vars {
             let Some(grad) = grads.get(var.as_tensor()) else {
                 continue;
             };
@@ -96,20 +104,30 @@ impl AdamW {
         Ok(())
     }
 
-    /// The moments as named tensors (`m.<key>`, `v.<key>`) for the training state file.
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    /// The moments as named tensors (`<prefix>m.<key>`, `<prefix>v.<key>`) for the state file.
+    pub fn state_tensors(&self, prefix: &str) -> Vec<(String, Tensor)> {
         self.moments
             .iter()
-            .flat_map(|(k, (m, v))| [(format!("m.{k}"), m.clone()), (format!("v.{k}"), v.clone())])
+            .flat_map(|(k, (m, v))| {
+                [
+                    (format!("{prefix}m.{k}"), m.clone()),
+                    (format!("{prefix}v.{k}"), v.clone()),
+                ]
+            })
             .collect()
     }
 
     /// Restores the moments saved by [`AdamW::state_tensors`].
-    pub fn restore(&mut self, tensors: &HashMap<String, Tensor>, steps: usize) -> Result<()> {
+    pub fn restore(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        prefix: &str,
+        steps: usize,
+    ) -> Result<()> {
         for (name, (m, v)) in self.moments.iter_mut() {
             let (Some(saved_m), Some(saved_v)) = (
-                tensors.get(&format!("m.{name}")),
-                tensors.get(&format!("v.{name}")),
+                tensors.get(&format!("{prefix}m.{name}")),
+                tensors.get(&format!("{prefix}v.{name}")),
             ) else {
                 return Err(TrainError::Invalid(format!(
                     "training state lacks the optimiser moments of `{name}`"
@@ -124,9 +142,13 @@ impl AdamW {
 }
 
 /// Global L2 norm of all gradients, and the factor that scales it down to `max_norm`.
-pub fn clip_scale(params: &Parameters, grads: &GradStore, max_norm: f64) -> Result<(f64, f64)> {
+pub fn clip_scale<'a>(
+    vars: impl IntoIterator<Item = (&'a String, &'a Var)>,
+    grads: &GradStore,
+    max_norm: f64,
+) -> Result<(f64, f64)> {
     let mut sum = 0f64;
-    for (_, var) in params.iter() {
+    for (_, var) in vars {
         if let Some(g) = grads.get(var.as_tensor()) {
             sum += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
         }

@@ -13,9 +13,11 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::data::{self, BatchShape, Dataset};
-use super::losses::{self, LossParts, LossWeights};
+use super::discriminator::{self, PatchDiscriminator};
+use super::losses::{self, LossContext, LossParts, LossWeights};
 use super::optim::{self, AdamW, AdamWSettings, Ema};
 use super::params::{self, Parameters};
+use super::vgg::Vgg19;
 use super::{card, Result, TrainError};
 use crate::io;
 use crate::metrics;
@@ -62,7 +64,13 @@ pub struct TrainSettings {
     pub save_dtype: String,
     /// Checkpoint the run started from, if fine-tuning.
     pub init: Option<PathBuf>,
+    /// torchvision VGG-19 weights for the perceptual and texture terms.
+    #[serde(default)]
+    pub vgg19: Option<PathBuf>,
 }
+
+/// Width of the patch discriminator's first layer.
+const DISCRIMINATOR_WIDTH: usize = 32;
 
 /// One logged step.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -135,6 +143,27 @@ struct Run {
     optimiser: AdamW,
     ema: Ema,
     state: TrainState,
+    /// The patch discriminator and its optimiser, when the adversarial term is on.
+    discriminator: Option<(PatchDiscriminator, AdamW)>,
+}
+
+fn new_discriminator(
+    settings: &TrainSettings,
+    device: &Device,
+) -> Result<Option<(PatchDiscriminator, AdamW)>> {
+    if settings.losses.adversarial <= 0.0 {
+        return Ok(None);
+    }
+    let d = PatchDiscriminator::new(DISCRIMINATOR_WIDTH, settings.seed, device)?;
+    let opt = AdamW::new(
+        d.vars(),
+        AdamWSettings {
+            learning_rate: settings.learning_rate,
+            beta1: 0.5,
+            ..AdamWSettings::default()
+        },
+    )?;
+    Ok(Some((d, opt)))
 }
 
 fn storage_dtype(name: &str) -> Result<DType> {
@@ -200,7 +229,7 @@ fn start_run(
         }
         None => Parameters::initialised(&settings.config, settings.seed, device)?,
     };
-    let optimiser = AdamW::new(&params, adamw_settings(settings))?;
+    let optimiser = AdamW::new(params.iter(), adamw_settings(settings))?;
     let ema = Ema::new(&params, settings.ema_decay)?;
     let state = TrainState {
         settings: settings.clone(),
@@ -218,6 +247,7 @@ fn start_run(
         optimiser,
         ema,
         state,
+        discriminator: new_discriminator(settings, device)?,
     })
 }
 
@@ -243,24 +273,36 @@ fn resume_run(
     }
     let shapes = params::parameter_shapes(&settings.config)?;
     let params = Parameters::from_exact(&shapes, tensors, "p.", device)?;
-    let mut optimiser = AdamW::new(&params, adamw_settings(settings))?;
-    optimiser.restore(tensors, saved.step)?;
+    let mut optimiser = AdamW::new(params.iter(), adamw_settings(settings))?;
+    optimiser.restore(tensors, "", saved.step)?;
     let ema_params = Parameters::from_exact(&shapes, tensors, "e.", device)?;
     let ema = Ema {
         decay: settings.ema_decay,
         weights: ema_params.snapshot()?,
     };
+    let mut discriminator = new_discriminator(settings, device)?;
+    if let Some((d, opt)) = discriminator.as_mut() {
+        // A run that switches the adversarial term on later starts a fresh discriminator.
+        if tensors.keys().any(|k| k.starts_with("d.")) {
+            d.restore(tensors, "d.")?;
+            opt.restore(tensors, "d", saved.step)?;
+        }
+    }
     let mut state = saved;
     // The step budget, cadence and storage type may change between sessions; the recipe may not.
     state.settings.steps = settings.steps;
     state.settings.checkpoint_every = settings.checkpoint_every;
     state.settings.validate_every = settings.validate_every;
     state.settings.save_dtype = settings.save_dtype.clone();
+    // Stage 2 continues a stage-1 run: the loss recipe and VGG weights may change.
+    state.settings.losses = settings.losses;
+    state.settings.vgg19 = settings.vgg19.clone();
     Ok(Run {
         params,
         optimiser,
         ema,
         state,
+        discriminator,
     })
 }
 
@@ -354,7 +396,13 @@ fn save(run: &Run, out_dir: &Path) -> Result<()> {
     for (k, v) in &run.ema.weights {
         state_tensors.push((format!("e.{k}"), v.clone()));
     }
-    state_tensors.extend(run.optimiser.state_tensors());
+    state_tensors.extend(run.optimiser.state_tensors(""));
+    if let Some((d, opt)) = &run.discriminator {
+        for (k, var) in d.vars() {
+            state_tensors.push((format!("d.{k}"), var.as_tensor().detach()));
+        }
+        state_tensors.extend(opt.state_tensors("d"));
+    }
     let refs: Vec<(&str, &Tensor)> = state_tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     io::save_safetensors(&out_dir.join(STATE_FILE), &refs, HashMap::new())?;
 
@@ -418,6 +466,10 @@ pub fn train(
     let video = config.family.is_video();
     let validation_windows =
         data::validation_windows(dataset, validation_frames(&config, &recipe), 256)?;
+    let vgg = match (&recipe.vgg19, recipe.losses.needs_vgg()) {
+        (Some(path), true) => Some(Vgg19::load(path, device)?),
+        _ => None,
+    };
     let mut rng = StdRng::seed_from_u64(recipe.seed.wrapping_add(run.state.step as u64));
     let started = Instant::now();
     let seconds_before = run.state.seconds;
@@ -443,7 +495,13 @@ pub fn train(
         )?;
         let model = run.params.tokenizer(&config)?;
         let reconstruction = model.autoencode(&batch)?;
-        let (loss, parts) = losses::total_loss(&batch, &reconstruction, &recipe.losses)?;
+        let context = LossContext {
+            vgg: vgg.as_ref(),
+            discriminator: run.discriminator.as_ref().map(|(d, _)| d),
+            step,
+        };
+        let (loss, mut parts) =
+            losses::total_loss(&batch, &reconstruction, &recipe.losses, &context)?;
         if !parts.total.is_finite() {
             return Err(TrainError::Diverged(format!(
                 "the loss is {} at step {step}; lower --lr",
@@ -451,7 +509,7 @@ pub fn train(
             )));
         }
         let grads = loss.backward()?;
-        let (grad_norm, scale) = optim::clip_scale(&run.params, &grads, recipe.clip_norm)?;
+        let (grad_norm, scale) = optim::clip_scale(run.params.iter(), &grads, recipe.clip_norm)?;
         let learning_rate = optim::learning_rate_at(
             step,
             recipe.steps,
@@ -460,8 +518,20 @@ pub fn train(
             recipe.final_lr_fraction,
         );
         run.optimiser.set_learning_rate(learning_rate);
-        run.optimiser.step(&run.params, &grads, scale)?;
+        run.optimiser.step(run.params.iter(), &grads, scale)?;
         run.ema.update(&run.params, step)?;
+        if let (Some((d, opt)), true) = (
+            run.discriminator.as_mut(),
+            recipe.losses.adversarial_at(step),
+        ) {
+            let real = d.forward(&discriminator::frames_of(&batch)?)?;
+            let fake = d.forward(&discriminator::frames_of(&reconstruction.detach())?)?;
+            let d_loss = discriminator::discriminator_loss(&real, &fake)?;
+            parts.discriminator = f64::from(d_loss.to_scalar::<f32>()?);
+            let d_grads = d_loss.backward()?;
+            opt.set_learning_rate(learning_rate);
+            opt.step(d.vars(), &d_grads, 1.0)?;
+        }
         run.state.step += 1;
         let done = run.state.step;
         run.state.seconds = seconds_before + started.elapsed().as_secs_f64();
