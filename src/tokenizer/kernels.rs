@@ -819,29 +819,43 @@ fn weight_gradient(g: &Geom, grad: &[f32], x: &[f32]) -> Result<Vec<f32>> {
     let per_image: Vec<Result<Vec<f32>>> = (0..g.n)
         .into_par_iter()
         .map(|n| {
-            // im2col of image n, (P, K) row-major so that G (O, P) · cols (P, K) is the GEMM.
+            // im2col of image n stored (K, P): for every tap each output row reads one input
+            // row segment, so filling it is row copies (the GEMM reads it transposed).
             let mut cols = vec![0f32; plane * k_total];
             let image = x
                 .get(n * g.c * g.h * g.w..(n + 1) * g.c * g.h * g.w)
                 .ok_or_else(oob)?;
-            for oy in 0..g.ho {
-                for ox in 0..g.wo {
-                    let row = (oy * g.wo + ox) * k_total;
-                    for c in 0..g.c {
-                        for ky in 0..g.kh {
+            for c in 0..g.c {
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let k = (c * g.kh + ky) * g.kw + kx;
+                        let dst_plane = cols.get_mut(k * plane..(k + 1) * plane).ok_or_else(oob)?;
+                        // Output columns whose input column lies inside the image.
+                        let ox_lo = g.pad.saturating_sub(kx).div_ceil(g.stride);
+                        let ox_hi = (g.w + g.pad)
+                            .saturating_sub(kx)
+                            .div_ceil(g.stride)
+                            .min(g.wo);
+                        if ox_lo >= ox_hi {
+                            continue;
+                        }
+                        let ix0 = ox_lo * g.stride + kx - g.pad;
+                        for (oy, dst_row) in dst_plane.chunks_exact_mut(g.wo).enumerate() {
                             let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                             if iy < 0 || iy >= g.h as isize {
                                 continue;
                             }
-                            for kx in 0..g.kw {
-                                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                                if ix < 0 || ix >= g.w as isize {
-                                    continue;
+                            let src_row = (c * g.h + iy as usize) * g.w + ix0;
+                            let Some(dst) = dst_row.get_mut(ox_lo..ox_hi) else {
+                                continue;
+                            };
+                            if g.stride == 1 {
+                                if let Some(src) = image.get(src_row..src_row + dst.len()) {
+                                    dst.copy_from_slice(src);
                                 }
-                                let src = (c * g.h + iy as usize) * g.w + ix as usize;
-                                let dst = row + (c * g.kh + ky) * g.kw + kx;
-                                if let (Some(d), Some(&v)) = (cols.get_mut(dst), image.get(src)) {
-                                    *d = v;
+                            } else {
+                                for (j, d) in dst.iter_mut().enumerate() {
+                                    *d = image.get(src_row + j * g.stride).copied().unwrap_or(0.0);
                                 }
                             }
                         }
@@ -867,8 +881,8 @@ fn weight_gradient(g: &Geom, grad: &[f32], x: &[f32]) -> Result<Vec<f32>> {
                     1,
                     plane as isize,
                     cols.as_ptr(),
+                    plane as isize,
                     1,
-                    k_total as isize,
                     0.0,
                     1.0,
                     false,
