@@ -97,24 +97,21 @@ impl Flow {
 
 /// Sums over a (2r+1)² window (edges clamped), via separable running sums.
 fn box_sum(values: &[f32], width: usize, height: usize, r: usize) -> Vec<f32> {
-    let mut rows = vec![0f32; values.len()];
-    for y in 0..height {
-        for x in 0..width {
-            let lo = x.saturating_sub(r);
-            let hi = (x + r).min(width - 1);
-            let row = y * width;
-            rows[row + x] = values
-                .get(row + lo..=row + hi)
-                .map_or(0.0, |s| s.iter().sum());
-        }
+    let mut rows = Vec::with_capacity(values.len());
+    for row in values.chunks_exact(width.max(1)) {
+        rows.extend((0..width).map(|x| {
+            let (lo, hi) = (x.saturating_sub(r), (x + r).min(width - 1));
+            row.get(lo..=hi).map_or(0.0, |s| s.iter().sum::<f32>())
+        }));
     }
-    let mut out = vec![0f32; values.len()];
+    let mut out = Vec::with_capacity(values.len());
     for y in 0..height {
-        let lo = y.saturating_sub(r);
-        let hi = (y + r).min(height - 1);
-        for x in 0..width {
-            out[y * width + x] = (lo..=hi).map(|yy| rows[yy * width + x]).sum();
-        }
+        let (lo, hi) = (y.saturating_sub(r), (y + r).min(height - 1));
+        out.extend((0..width).map(|x| {
+            (lo..=hi)
+                .filter_map(|yy| rows.get(yy * width + x))
+                .sum::<f32>()
+        }));
     }
     out
 }
@@ -123,48 +120,47 @@ fn box_sum(values: &[f32], width: usize, height: usize, r: usize) -> Vec<f32> {
 fn refine(source: &Gray, target: &Gray, flow: &mut Flow, radius: usize) {
     let (w, h) = (target.width, target.height);
     let n = w * h;
-    let (mut gxx, mut gxy, mut gyy, mut bx, mut by) = (
-        vec![0f32; n],
-        vec![0f32; n],
-        vec![0f32; n],
-        vec![0f32; n],
-        vec![0f32; n],
-    );
-    for y in 0..h {
-        for x in 0..w {
-            let i = y * w + x;
-            let (px, py) = (x as f32 + flow.dx[i], y as f32 + flow.dy[i]);
-            let warped = source.sample(px, py);
-            // Gradients averaged over both frames (a symmetric, more stable linearisation).
-            let gx = 0.25
-                * (source.sample(px + 1.0, py) - source.sample(px - 1.0, py)
-                    + target.at(x as isize + 1, y as isize)
-                    - target.at(x as isize - 1, y as isize));
-            let gy = 0.25
-                * (source.sample(px, py + 1.0) - source.sample(px, py - 1.0)
-                    + target.at(x as isize, y as isize + 1)
-                    - target.at(x as isize, y as isize - 1));
-            let e = warped - target.values[i];
-            gxx[i] = gx * gx;
-            gxy[i] = gx * gy;
-            gyy[i] = gy * gy;
-            bx[i] = -gx * e;
-            by[i] = -gy * e;
+    // Per pixel: the structure tensor terms gx², gx·gy, gy² and the right-hand sides.
+    let mut terms = [
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    ];
+    for (i, ((&fx, &fy), &t)) in flow.dx.iter().zip(&flow.dy).zip(&target.values).enumerate() {
+        let (x, y) = ((i % w.max(1)) as isize, (i / w.max(1)) as isize);
+        let (px, py) = (x as f32 + fx, y as f32 + fy);
+        let warped = source.sample(px, py);
+        // Gradients averaged over both frames (a symmetric, more stable linearisation).
+        let gx = 0.25
+            * (source.sample(px + 1.0, py) - source.sample(px - 1.0, py) + target.at(x + 1, y)
+                - target.at(x - 1, y));
+        let gy = 0.25
+            * (source.sample(px, py + 1.0) - source.sample(px, py - 1.0) + target.at(x, y + 1)
+                - target.at(x, y - 1));
+        let e = warped - t;
+        for (term, value) in terms
+            .iter_mut()
+            .zip([gx * gx, gx * gy, gy * gy, -gx * e, -gy * e])
+        {
+            term.push(value);
         }
     }
-    let [sxx, sxy, syy, sbx, sby] = [&gxx, &gxy, &gyy, &bx, &by].map(|v| box_sum(v, w, h, radius));
+    let [sxx, sxy, syy, sbx, sby] = terms.map(|v| box_sum(&v, w, h, radius));
     // Tikhonov term: flat, textureless windows keep the coarser estimate.
     let lambda = 1e-3 * ((2 * radius + 1) * (2 * radius + 1)) as f32;
-    for i in 0..n {
-        let (a, b, d) = (sxx[i] + lambda, sxy[i], syy[i] + lambda);
+    let systems = sxx.iter().zip(&sxy).zip(&syy).zip(sbx.iter().zip(&sby));
+    for ((dx, dy), (((&xx, &xy), &yy), (&bx, &by))) in
+        flow.dx.iter_mut().zip(flow.dy.iter_mut()).zip(systems)
+    {
+        let (a, b, d) = (xx + lambda, xy, yy + lambda);
         let det = a * d - b * b;
         if det.abs() < 1e-12 {
             continue;
         }
-        let ux = (d * sbx[i] - b * sby[i]) / det;
-        let uy = (a * sby[i] - b * sbx[i]) / det;
-        flow.dx[i] += ux.clamp(-2.0, 2.0);
-        flow.dy[i] += uy.clamp(-2.0, 2.0);
+        *dx += ((d * bx - b * by) / det).clamp(-2.0, 2.0);
+        *dy += ((a * by - b * bx) / det).clamp(-2.0, 2.0);
     }
 }
 
@@ -328,13 +324,12 @@ pub fn flow_loss(input: &Tensor, reconstruction: &Tensor) -> Result<Tensor> {
                 continue;
             };
             let flow = estimate(prev, next, 3, 3);
-            for y in 0..h {
-                for x in 0..w {
-                    let p = y * w + x;
-                    let warped = prev.sample(x as f32 + flow.dx[p], y as f32 + flow.dy[p]);
-                    let ok = (warped - next.values[p]).abs() < 0.1;
-                    masks.push(if ok { 1f32 } else { 0.0 });
-                }
+            for (p, ((&fx, &fy), &value)) in
+                flow.dx.iter().zip(&flow.dy).zip(&next.values).enumerate()
+            {
+                let (x, y) = ((p % w) as f32, (p / w) as f32);
+                let ok = (prev.sample(x + fx, y + fy) - value).abs() < 0.1;
+                masks.push(if ok { 1f32 } else { 0.0 });
             }
             flows.push(flow);
         }
