@@ -1205,3 +1205,38 @@ fn cli_fetches_then_works_offline() {
     assert!(!ok);
     assert!(stderr.contains("models list"), "{stderr}");
 }
+
+#[test]
+fn a_model_at_a_revision_is_fetched_from_that_revision_and_then_served_from_the_cache() {
+    let server = dv_server();
+    let cache = scratch("revision");
+    let hub = Hub::new(config(&server, &cache));
+    let spec = format!("{DV_REPO}@v1.0");
+    let folder = hub.resolve(&spec, &no_cancel(), &mut |_| {}).unwrap();
+    assert!(server
+        .requests()
+        .iter()
+        .any(|r| r.path.contains("/resolve/v1.0/encoder.jit")));
+    let repo = cache.join("models--nvidia--Cosmos-0.1-Tokenizer-DV8x16x16");
+    assert_eq!(
+        std::fs::read_to_string(repo.join("refs/v1.0")).unwrap(),
+        COMMIT
+    );
+    assert!(
+        !repo.join("refs/main").exists(),
+        "only the asked revision is recorded"
+    );
+    load_and_check_dv(&folder);
+    // Offline, the same spec resolves from the cache.
+    let mut offline = config(&server, &cache);
+    offline.offline = true;
+    let again = Hub::new(offline)
+        .resolve(&spec, &no_cancel(), &mut |_| {})
+        .unwrap();
+    assert_eq!(again, folder);
+    assert_eq!(tokenscope::hub::split_revision("a/b@c"), ("a/b", "c"));
+    assert_eq!(
+        tokenscope::hub::split_revision("CV8x8x8"),
+        ("CV8x8x8", "main")
+    );
+}

@@ -59,7 +59,8 @@ enum Command {
 pub struct ModelArgs {
     /// Checkpoint folder (encoder.jit + decoder.jit, autoencoder.jit, model.safetensors, diffusers),
     /// a single .jit / .safetensors file, or a model name (CV8x8x8, DV8x16x16-720p,
-    /// nvidia/Cosmos-0.1-Tokenizer-CV8x8x8) taken from the Hugging Face cache, fetched when missing.
+    /// nvidia/Cosmos-0.1-Tokenizer-CV8x8x8, optionally @revision: a branch, tag or commit) taken
+    /// from the Hugging Face cache, fetched when missing.
     #[arg(long, short = 'm')]
     pub model: PathBuf,
     /// Variant name or Hugging Face repo id (e.g. CV8x8x8, nvidia/Cosmos-Tokenize1-DV8x16x16-720p);

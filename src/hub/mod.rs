@@ -784,19 +784,29 @@ impl Hub {
         if path.exists() {
             return Ok(path.to_path_buf());
         }
-        let target = RepoTarget::parse(spec)?;
-        if let Some(snapshot) = self.status_of(&target, "main").snapshot() {
+        let (name, revision) = split_revision(spec);
+        let target = RepoTarget::parse(name)?;
+        if let Some(snapshot) = self.status_of(&target, revision).snapshot() {
             return Ok(snapshot.to_path_buf());
         }
         if self.config().offline {
             return Err(HubError::Offline {
                 repo: target.repo.clone(),
-                help: self.offline_help_for(&target, "main"),
+                help: self.offline_help_for(&target, revision),
             });
         }
         Ok(self
-            .fetch_target(&target, "main", cancel, progress)?
+            .fetch_target(&target, revision, cancel, progress)?
             .snapshot)
+    }
+}
+
+/// `name@revision` → (name, revision); no `@` means the `main` branch. A revision is a branch,
+/// a tag or a commit hash, as on the Hub.
+pub fn split_revision(spec: &str) -> (&str, &str) {
+    match spec.rsplit_once('@') {
+        Some((name, revision)) if !name.is_empty() && !revision.is_empty() => (name, revision),
+        _ => (spec, "main"),
     }
 }
 
