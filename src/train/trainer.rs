@@ -461,6 +461,14 @@ pub fn train(
             None,
         ),
     };
+    if resumed_from.is_some() {
+        // A resumed run may bring more data (a curriculum); the card lists everything it saw.
+        for source in &dataset.train {
+            if !run.state.data.contains(&source.label) {
+                run.state.data.push(source.label.clone());
+            }
+        }
+    }
     let config = run.state.settings.config.clone();
     let recipe = run.state.settings.clone();
     let video = config.family.is_video();
