@@ -245,6 +245,9 @@ fn the_train_command_writes_a_loadable_model_and_names_bad_input() {
         "{}",
         String::from_utf8_lossy(&info.stderr)
     );
+    // Labelled as Tokenscope's own model, never as NVIDIA's variant.
+    let described = String::from_utf8_lossy(&info.stdout);
+    assert!(described.contains("tokenscope-nano-DI8x8"), "{described}");
 
     let bad = run(&["train", "--variant", "XX9", "--data", &data, "-o", "/tmp/x"]);
     assert!(!bad.status.success());

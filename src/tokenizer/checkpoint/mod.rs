@@ -388,7 +388,9 @@ fn resolve_config(
         ));
     }
     if let Some(config) = &weights.config {
-        let name = released_name_of(config).unwrap_or_else(|| custom_name(config));
+        let name = tokenscope_model_name(origin)
+            .or_else(|| released_name_of(config))
+            .unwrap_or_else(|| custom_name(config));
         return Ok((config.clone(), ConfigSource::ConfigJson, name));
     }
     let path_text = origin
@@ -404,6 +406,20 @@ fn resolve_config(
     let config = infer_config(origin, &weights.tensors)?;
     let name = released_name_of(&config).unwrap_or_else(|| custom_name(&config));
     Ok((config, ConfigSource::Inferred, name))
+}
+
+/// The `name` of a model Tokenscope trained (its config.json has a `network` object), so such
+/// models are labelled as themselves, never as NVIDIA's.
+fn tokenscope_model_name(origin: &Path) -> Option<String> {
+    let json = if origin.is_dir() {
+        origin.join("config.json")
+    } else {
+        origin.parent()?.join("config.json")
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).ok()?).ok()?;
+    value.get("network")?;
+    value.get("name")?.as_str().map(str::to_string)
 }
 
 /// `CV4x8x8-custom`: the compression a custom configuration shares with the released variants.
