@@ -166,4 +166,5 @@ fn side_by_side_composite_is_written() {
         2 * source.frames.width + tokenscope::media::composite::PANEL_GAP
     );
     assert!(written.frames.height > source.frames.height);
+    let _ = std::fs::remove_file(&out);
 }
