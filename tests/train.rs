@@ -132,6 +132,7 @@ fn a_tiny_video_model_learns_on_the_demo_clip() {
     }
     let card = std::fs::read_to_string(out.join("MODEL_CARD.md")).unwrap();
     assert!(card.contains("not an NVIDIA release") && card.contains("demo.mp4"));
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
@@ -160,6 +161,7 @@ fn a_discrete_model_trains_through_the_straight_through_fsq() {
     // The saved model is a real discrete tokenizer: indices in the codebook.
     let model = checkpoint::load(&out, &LoadOptions::default()).unwrap();
     assert!(model.tokenizer.config().family.is_discrete());
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
@@ -205,6 +207,7 @@ fn cancelling_saves_a_checkpoint_that_resumes() {
         .unwrap_err()
         .to_string()
         .contains("another architecture"));
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
@@ -264,6 +267,7 @@ fn the_train_command_writes_a_loadable_model_and_names_bad_input() {
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("/nonexistent.mp4"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
@@ -307,4 +311,5 @@ fn stage_two_adds_flow_and_a_late_adversary_and_resumes_them() {
         card.contains("optical-flow consistency") && card.contains("no VGG-19 weights"),
         "{card}"
     );
+    let _ = std::fs::remove_dir_all(&out);
 }
