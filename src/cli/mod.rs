@@ -6,6 +6,7 @@ mod info;
 mod media_io;
 mod models;
 mod tensors;
+mod view;
 
 use std::path::PathBuf;
 
@@ -24,8 +25,9 @@ use crate::tokenizer::checkpoint::{self, LoadOptions, LoadedModel};
                   and shows or measures what they do."
 )]
 pub struct Cli {
+    /// No subcommand: open the viewer on the demo clip.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -48,6 +50,10 @@ enum Command {
     /// The released checkpoints on the Hugging Face Hub: list them with their cache status, fetch
     /// them into the cache.
     Models(models::ModelsArgs),
+    /// Open the viewer: original, reconstruction and difference, metrics, tokens, rates.
+    View(view::ViewArgs),
+    /// Time the viewer's frames while a model runs, and switching to a computed rate.
+    BenchUi(view::BenchUiArgs),
 }
 
 /// Which checkpoint, and where to run it.
@@ -118,7 +124,10 @@ pub fn resolve_model_path(spec: &str) -> anyhow::Result<PathBuf> {
 
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
+    let Some(command) = cli.command else {
+        return view::run(&view::ViewArgs::default());
+    };
+    match command {
         Command::Encode(args) => tensors::encode(&args, false),
         Command::Reconstruct(args) => tensors::encode(&args, true),
         Command::Decode(args) => tensors::decode(&args),
@@ -130,5 +139,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Models(args) => models::run(&args),
+        Command::View(args) => view::run(&args),
+        Command::BenchUi(args) => view::bench_ui(&args),
     }
 }
