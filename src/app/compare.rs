@@ -139,7 +139,7 @@ pub fn compare_ui(
             if app.jobs.decoding.is_some() {
                 ui.spinner();
             } else {
-                ui.label("Open an image or a video: File ▸ Open…, drop a file here, or pass it on the command line.");
+                ui.label("Open an image or a video: File > Open…, drop a file here, or pass it on the command line.");
             }
         });
         return None;
@@ -234,7 +234,7 @@ pub fn compare_ui(
                 app.state.view.diff_metric.label(),
                 app.state.view.gain
             ),
-            PaneMode::Wipe => "original ◀ ▶ reconstruction".into(),
+            PaneMode::Wipe => "original | reconstruction (drag the split)".into(),
         };
         let galley = painter.layout_no_wrap(label, FontId::proportional(13.0), Color32::WHITE);
         let bg = Rect::from_min_size(

@@ -344,7 +344,7 @@ impl ViewerApp {
         if self.state.view.show_tokens_panel {
             egui::Panel::right("tokens")
                 .resizable(true)
-                .default_size(250.0)
+                .default_size(270.0)
                 .show(ui, |ui| tokens::tokens_ui(self, ui, &mut out));
         }
         let hover = egui::CentralPanel::default_margins()
@@ -693,8 +693,10 @@ impl ViewerApp {
     fn run_current(&mut self) {
         let (Some(key), Some(clip)) = (self.current_key(), self.clip.clone()) else {
             if self.model.is_none() {
-                self.errors
-                    .push("no model to run: open a checkpoint folder (Models ▸ Open…)".into());
+                self.errors.push(
+                    "no model to run: open a checkpoint folder (Models > Open checkpoint folder…)"
+                        .into(),
+                );
             }
             return;
         };

@@ -95,7 +95,7 @@ pub fn rates_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
                                     e.compression()
                                 );
                                 if has_result {
-                                    label.push_str(" ✔");
+                                    label.push_str(" · done");
                                 }
                                 let text = if e.is_available() {
                                     RichText::new(label)

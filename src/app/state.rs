@@ -118,7 +118,7 @@ impl TokenView {
         match self {
             TokenView::Off => "off",
             TokenView::Values => "indices / channel",
-            TokenView::Pca => "PCA → RGB",
+            TokenView::Pca => "PCA to RGB",
             TokenView::Error => "pooled error",
         }
     }

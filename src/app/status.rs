@@ -54,7 +54,7 @@ pub fn status_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
                     ui.colored_label(
                         Color32::from_rgb(240, 180, 60),
                         format!(
-                            "⚠ input {w}×{h} is below the model's training resolution ({}p)",
+                            "warning: input {w}×{h} is below the model's training resolution ({}p)",
                             m.training_shorter_side
                         ),
                     )

@@ -12,16 +12,20 @@ pub fn timeline_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
     let mut view = app.state.view.clone();
     ui.horizontal(|ui| {
         if ui
-            .button("|◀")
+            .button(egui::RichText::new("|◀").monospace())
             .on_hover_text("first frame (Home)")
             .clicked()
         {
             out.push(Command::Seek(0));
         }
-        if ui.button("◀").on_hover_text("previous frame (←)").clicked() {
+        if ui
+            .button(egui::RichText::new("◀").monospace())
+            .on_hover_text("previous frame (Left)")
+            .clicked()
+        {
             out.push(Command::Step(-1));
         }
-        let play = if app.playing { "Pause" } else { "Play ▶" };
+        let play = if app.playing { "Pause" } else { "Play" };
         if ui
             .button(play)
             .on_hover_text("play / pause (Space)")
@@ -29,10 +33,18 @@ pub fn timeline_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
         {
             out.push(Command::TogglePlay);
         }
-        if ui.button("▶|").on_hover_text("next frame (→)").clicked() {
+        if ui
+            .button(egui::RichText::new("▶|").monospace())
+            .on_hover_text("next frame (Right)")
+            .clicked()
+        {
             out.push(Command::Step(1));
         }
-        if ui.button("▶▶|").on_hover_text("last frame (End)").clicked() {
+        if ui
+            .button(egui::RichText::new("▶▶|").monospace())
+            .on_hover_text("last frame (End)")
+            .clicked()
+        {
             out.push(Command::Seek(usize::MAX));
         }
         ui.checkbox(&mut view.looping, "loop (L)");
@@ -64,7 +76,7 @@ pub fn timeline_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
                 .prefix("window "),
         );
         let stale = app.current.is_none() && app.jobs.running.is_none();
-        let run = egui::Button::new(if stale { "▶ Run (R)" } else { "Run (R)" });
+        let run = egui::Button::new(if stale { "Run (R) *" } else { "Run (R)" });
         if ui.add_enabled(app.model.is_some(), run).clicked() {
             out.push(Command::Run);
         }
