@@ -163,6 +163,58 @@ fn viewer_runs_switches_scrubs_and_exports() {
         "flicker did not change the picture: {a:?} vs {b:?}"
     );
 
+    // Wipe shares the flicker pane's geometry: left of the split is the original, right of it
+    // the reconstruction.
+    h.key_press(egui::Key::Num3);
+    h.run_steps(2);
+    let wipe_img = h.render().expect("render");
+    let (lx, rx) = (cx - 120, cx + 120);
+    let close =
+        |p: [f64; 3], q: [f64; 3]| p.iter().zip(&q).map(|(x, y)| (x - y).abs()).sum::<f64>() < 1.0;
+    assert!(close(
+        region_mean(&wipe_img, lx - 20, cy - 20, lx + 20, cy + 20),
+        region_mean(&original_img, lx - 20, cy - 20, lx + 20, cy + 20)
+    ));
+    assert!(close(
+        region_mean(&wipe_img, rx - 20, cy - 20, rx + 20, cy + 20),
+        region_mean(&recon_img, rx - 20, cy - 20, rx + 20, cy + 20)
+    ));
+
+    // Zoomed in 8x (flicker, original): image pixels become 8x8 blocks of one colour
+    // (nearest-neighbour sampling when magnified).
+    h.key_press(egui::Key::Num4);
+    h.state_mut().push(Command::SetTransform {
+        zoom: 8.0,
+        cx: 320.0,
+        cy: 176.0,
+    });
+    h.key_down(egui::Key::X);
+    h.run_steps(2);
+    let zoomed = h.render().expect("render");
+    h.key_up(egui::Key::X);
+    h.step();
+    let mut blocks_flat = 0;
+    let mut blocks = 0;
+    for by in 0..6u32 {
+        for bx in 0..6u32 {
+            // Sample inside blocks, away from their edges, wherever the grid falls.
+            let (x0, y0) = (cx - 48 + bx * 16, cy - 48 + by * 16);
+            let p = zoomed.get_pixel(x0, y0);
+            let q = zoomed.get_pixel(x0 + 1, y0 + 1);
+            let r = zoomed.get_pixel(x0 + 2, y0);
+            blocks += 1;
+            if p == q || q == r {
+                blocks_flat += 1;
+            }
+        }
+    }
+    assert!(
+        blocks_flat * 10 >= blocks * 8,
+        "magnified pixels are not flat blocks ({blocks_flat}/{blocks})"
+    );
+    h.state_mut().push(Command::ZoomFit);
+    h.step();
+
     // Hover a token cell with the overlay on (3-up): the app resolves the cell and its index.
     h.key_press(egui::Key::Num2);
     let mut view = h.state().state.view.clone();

@@ -7,6 +7,7 @@ use super::state::{Colormap, DiffMetric};
 pub const LUT_SIZE: usize = 256;
 
 /// Turbo (Google's polynomial approximation), t in [0, 1].
+#[allow(clippy::excessive_precision)]
 fn turbo(t: f32) -> [f32; 3] {
     let t = t.clamp(0.0, 1.0);
     let (t2, t3, t4, t5) = (t * t, t * t * t, t * t * t * t, t * t * t * t * t);
@@ -21,6 +22,7 @@ fn turbo(t: f32) -> [f32; 3] {
 }
 
 /// Inferno (polynomial fit by Matt Zucker, public domain), t in [0, 1].
+#[allow(clippy::excessive_precision)] // the published coefficients, as published
 fn inferno(t: f32) -> [f32; 3] {
     let t = t.clamp(0.0, 1.0);
     let c0 = [0.000_218_94, 0.001_651_004, -0.019_480_898];

@@ -1,7 +1,7 @@
 //! Files in and out: the menu bar, system dialogs (on their own threads, so the UI never
 //! blocks), recent files, exports (PNG composite, metrics as CSV or JSON) and the error banner.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::Sender;
 
 use anyhow::Context as _;
@@ -265,7 +265,7 @@ pub fn save_rgb_png(rgb: &[u8], w: usize, h: usize, path: &Path) -> anyhow::Resu
 }
 
 /// Saves an egui screenshot as an RGB PNG.
-pub fn save_color_image(image: &egui::ColorImage, path: &PathBuf) -> anyhow::Result<()> {
+pub fn save_color_image(image: &egui::ColorImage, path: &Path) -> anyhow::Result<()> {
     let [w, h] = image.size;
     let rgb: Vec<u8> = image
         .pixels

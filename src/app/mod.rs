@@ -895,7 +895,7 @@ impl ViewerApp {
         }
         let ready = self.current.is_some() || !self.errors.is_empty();
         let timed_out = started.elapsed().as_secs() > 300;
-        if !(ready && !self.jobs.busy()) && !timed_out {
+        if (!ready || self.jobs.busy()) && !timed_out {
             ctx.request_repaint();
             return;
         }
