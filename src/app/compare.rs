@@ -457,37 +457,46 @@ fn draw_hover_cell(
     }
 }
 
-/// Pixel values and error under the cursor, and the colormap legend.
+/// Pixel values and error under the cursor (two lines), and the colormap legend.
 fn inspector_ui(app: &ViewerApp, hover: Option<&Hover>, ui: &mut Ui) {
+    let (first, second) = match hover {
+        Some(h) => {
+            let [r, g, b] = h.original;
+            let mut first = format!("x {:>4} y {:>4}   original ({r:>3}, {g:>3}, {b:>3})", h.x, h.y);
+            let mut second = String::new();
+            if let Some(rec) = h.reconstruction {
+                let [r2, g2, b2] = rec;
+                first.push_str(&format!("   reconstruction ({r2:>3}, {g2:>3}, {b2:>3})"));
+                let abs = colormap::diff_value(h.original, rec, DiffMetric::Absolute) * 255.0;
+                let sq = colormap::diff_value(h.original, rec, DiffMetric::Squared) * 255.0 * 255.0;
+                let luma = colormap::diff_value(h.original, rec, DiffMetric::Luma) * 255.0;
+                second = format!("error  |Δ| {abs:5.1}   Δ² {sq:6.0}   Δluma {luma:5.1}");
+            }
+            if let Some(cell) = h.cell {
+                second.push_str(&format!("   token cell ({}, {})", cell.2, cell.3));
+                if let Some(i) = token_index(app, cell) {
+                    second.push_str(&format!(" index {i}"));
+                }
+            }
+            (first, Some(second))
+        }
+        None => (
+            "hover a pane for pixel values · wheel zooms · drag pans · hold X in flicker · ? for help".to_string(),
+            None,
+        ),
+    };
     ui.horizontal(|ui| {
         legend_ui(app, ui);
         ui.separator();
-        match hover {
-            Some(h) => {
-                let [r, g, b] = h.original;
-                let mut text = format!("x {} y {}   original ({r}, {g}, {b})", h.x, h.y);
-                if let Some(rec) = h.reconstruction {
-                    let [r2, g2, b2] = rec;
-                    let abs = colormap::diff_value(h.original, rec, DiffMetric::Absolute) * 255.0;
-                    let sq = colormap::diff_value(h.original, rec, DiffMetric::Squared) * 255.0 * 255.0;
-                    let luma = colormap::diff_value(h.original, rec, DiffMetric::Luma) * 255.0;
-                    text.push_str(&format!(
-                        "   reconstruction ({r2}, {g2}, {b2})   error: |Δ| {abs:.1}  Δ² {sq:.0}  Δluma {luma:.1}"
-                    ));
-                }
-                if let Some(cell) = h.cell {
-                    text.push_str(&format!("   token cell ({}, {})", cell.2, cell.3));
-                    if let Some(i) = token_index(app, cell) {
-                        text.push_str(&format!(" index {i}"));
-                    }
-                }
-                ui.monospace(text);
-            }
-            None => {
-                ui.weak("hover a pane for pixel values · wheel zooms · drag pans · hold X in flicker · ? for help");
-            }
+        if second.is_some() {
+            ui.monospace(first);
+        } else {
+            ui.weak(first);
         }
     });
+    if let Some(second) = second {
+        ui.monospace(second);
+    }
 }
 
 /// The colour bar of the difference heatmap, in 8-bit units of the chosen metric.

@@ -52,6 +52,8 @@ pub struct ViewerOptions {
     pub tokens: bool,
     /// Do not read the Hugging Face cache (tests, benchmarks).
     pub no_hub: bool,
+    /// Models to run before `model`, so the plots compare rates from the start.
+    pub also: Vec<String>,
 }
 
 /// Zoom and pan, shared by every pane.
@@ -149,6 +151,8 @@ pub struct ViewerApp {
     autorun: bool,
     pending_seek: Option<usize>,
     include_hub: bool,
+    /// Catalogue keys of `ViewerOptions::also`, queued once the clip is decoded.
+    also: Vec<String>,
     /// Duration of the last `frame_ui` call, for the benchmark.
     pub last_frame_ms: f64,
 }
@@ -206,6 +210,7 @@ impl ViewerApp {
             autorun: true,
             pending_seek: options.frame,
             include_hub: !options.no_hub,
+            also: Vec::new(),
             last_frame_ms: 0.0,
         };
         if let Some(layout) = options.layout {
@@ -243,6 +248,12 @@ impl ViewerApp {
                     app.errors
                         .push(format!("model `{spec}` not found; using the default"));
                 }
+            }
+        }
+        for spec in &options.also {
+            match models::find(&app.models, spec) {
+                Some(e) => app.also.push(e.key.clone()),
+                None => app.errors.push(format!("model `{spec}` not found")),
             }
         }
         let file = options.file.clone().unwrap_or_else(demo_clip);
@@ -394,7 +405,13 @@ impl ViewerApp {
                         self.view = ViewTransform::default();
                         self.current = None;
                         self.frames_key = None;
-                        if self.autorun {
+                        if !self.also.is_empty() {
+                            // Popped from the back: the extra models first, the chosen one last.
+                            let mut queue: Vec<String> = self.model.iter().cloned().collect();
+                            queue.extend(self.also.drain(..).rev());
+                            self.compare_queue = queue;
+                            self.next_in_queue();
+                        } else if self.autorun {
                             self.commands.push(Command::Run);
                         }
                     }
@@ -895,7 +912,7 @@ impl ViewerApp {
         }
         let ready = self.current.is_some() || !self.errors.is_empty();
         let timed_out = started.elapsed().as_secs() > 300;
-        if (!ready || self.jobs.busy()) && !timed_out {
+        if (!ready || self.jobs.busy() || !self.compare_queue.is_empty()) && !timed_out {
             ctx.request_repaint();
             return;
         }

@@ -3,7 +3,7 @@
 //! rate–distortion chart.
 
 use egui::{Color32, RichText, Ui};
-use egui_plot::{Legend, Plot, PlotPoints, Points};
+use egui_plot::{Plot, PlotPoints, Points};
 
 use super::command::Command;
 use super::metrics_panel::series_color;
@@ -154,9 +154,9 @@ pub fn rates_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
                 ui.end_row();
             }
         });
+    // No legend: the table above names the colours, and hovering a point names it too.
     Plot::new("rate distortion")
         .height(ui.available_height().clamp(100.0, 220.0))
-        .legend(Legend::default())
         .x_axis_label("bits per pixel")
         .y_axis_label("clip PSNR (dB)")
         .show(ui, |plot| {

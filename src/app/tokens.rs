@@ -199,10 +199,7 @@ pub fn tokens_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
         .id_salt("worst cells")
         .show(ui, |ui| {
             for cell in &a.worst {
-                let text = format!(
-                    "f{:<3} ({:>3},{:>3}) {:>8.1}",
-                    cell.frame, cell.x, cell.y, cell.mse
-                );
+                let text = format!("f{} ({},{}) {:.0}", cell.frame, cell.x, cell.y, cell.mse);
                 if ui
                     .selectable_label(false, egui::RichText::new(text).monospace())
                     .clicked()

@@ -27,6 +27,9 @@ pub struct ViewArgs {
     /// Start with the token overlay on.
     #[arg(long)]
     pub tokens: bool,
+    /// Also run these models first (comma-separated), so the plots compare rates.
+    #[arg(long, value_delimiter = ',')]
+    pub also: Vec<String>,
     /// Render the window once the model has run, save it as PNG here, and exit.
     #[arg(long, value_name = "PNG")]
     pub screenshot: Option<PathBuf>,
@@ -43,6 +46,7 @@ impl ViewArgs {
             screenshot: self.screenshot.clone(),
             tokens: self.tokens,
             no_hub: false,
+            also: self.also.clone(),
         }
     }
 }
