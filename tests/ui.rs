@@ -253,6 +253,16 @@ fn viewer_runs_switches_scrubs_and_exports() {
     let value: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(value["summary"]["frames"], FRAMES);
+    // The side-by-side MP4 is encoded on a thread; it decodes to the run's frames.
+    let mp4 = dir.join("side-by-side.mp4");
+    h.state_mut()
+        .push(Command::Export(ExportKind::Mp4, Some(mp4.clone())));
+    step_until(&mut h, "mp4 export", |a| {
+        a.last_export.as_deref() == Some(mp4.as_path())
+    });
+    let video = tokenscope::media::open(&mp4, &Default::default()).expect("exported MP4 decodes");
+    assert_eq!(video.frames.frames, FRAMES);
+    assert_eq!(video.frames.width, 2 * 640 + tokenscope::media::PANEL_GAP);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

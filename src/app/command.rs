@@ -13,6 +13,9 @@ pub enum ExportKind {
     /// Per-frame metrics of the current run.
     Csv,
     Json,
+    /// Original | reconstruction side by side over the model's frame range (encoded on a
+    /// thread).
+    Mp4,
 }
 
 impl ExportKind {
@@ -21,6 +24,7 @@ impl ExportKind {
             ExportKind::Png => "png",
             ExportKind::Csv => "csv",
             ExportKind::Json => "json",
+            ExportKind::Mp4 => "mp4",
         }
     }
 }

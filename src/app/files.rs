@@ -1,7 +1,7 @@
 //! Files in and out: the menu bar, system dialogs (on their own threads, so the UI never
 //! blocks), recent files, exports (PNG composite, metrics as CSV or JSON) and the error banner.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 
 use anyhow::Context as _;
@@ -100,6 +100,12 @@ pub fn menu_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
                 .clicked()
             {
                 out.push(Command::Export(ExportKind::Json, None));
+            }
+            if ui
+                .add_enabled(has, egui::Button::new("Export side-by-side MP4…"))
+                .clicked()
+            {
+                out.push(Command::Export(ExportKind::Mp4, None));
             }
         });
         ui.menu_button("Models", |ui| {
@@ -243,7 +249,37 @@ pub fn export(app: &ViewerApp, kind: ExportKind, path: &Path) -> anyhow::Result<
             });
             write_text(path, &serde_json::to_string_pretty(&value)?)
         }
+        ExportKind::Mp4 => anyhow::bail!("MP4 exports run on a thread: use export_mp4"),
     }
+}
+
+/// Encodes original | reconstruction over the model's frame range on a thread (labelled with
+/// the frame number and PSNR); the outcome comes back through `tx`.
+pub fn export_mp4(app: &ViewerApp, path: PathBuf, tx: Sender<DialogAnswer>) -> anyhow::Result<()> {
+    let clip = app.clip.clone().context("no input open")?;
+    let a = app.current.clone().context("no reconstruction yet")?;
+    std::thread::Builder::new()
+        .name("tokenscope-export".into())
+        .spawn(move || {
+            let result = (|| -> anyhow::Result<PathBuf> {
+                let original = clip.frames.slice(a.start(), a.reconstruction.frames)?;
+                let labels = |i: usize| crate::media::PanelLabels {
+                    original: format!("original  frame {}", a.start() + i),
+                    reconstruction: format!(
+                        "{}  PSNR {:.2} dB",
+                        a.model.name,
+                        crate::metrics::psnr::psnr_capped(
+                            a.summary.psnr_frames.get(i).copied().unwrap_or(f64::NAN)
+                        )
+                    ),
+                };
+                let frames = crate::media::side_by_side(&original, &a.reconstruction, labels)?;
+                crate::media::write(&frames, clip.playback_fps(), &path, &[&clip.source])?;
+                Ok(path)
+            })();
+            let _ = tx.send(DialogAnswer::Exported(result.map_err(|e| format!("{e:#}"))));
+        })?;
+    Ok(())
 }
 
 fn write_text(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -96,6 +96,8 @@ enum DialogAnswer {
     Open(PathBuf),
     Model(PathBuf),
     Export(ExportKind, PathBuf),
+    /// A background export finished.
+    Exported(Result<PathBuf, String>),
 }
 
 /// Screenshot mode: wait for the job, render, save, exit.
@@ -460,6 +462,11 @@ impl ViewerApp {
                         .push(Command::SelectModel(p.display().to_string()));
                 }
                 DialogAnswer::Export(kind, p) => self.commands.push(Command::Export(kind, Some(p))),
+                DialogAnswer::Exported(Ok(p)) => {
+                    self.notice = Some(format!("wrote {}", p.display()));
+                    self.last_export = Some(p);
+                }
+                DialogAnswer::Exported(Err(e)) => self.errors.push(format!("export failed: {e}")),
             }
         }
     }
@@ -839,6 +846,11 @@ impl ViewerApp {
                 }
             }
             Command::Export(kind, path) => match path {
+                Some(path) if kind == ExportKind::Mp4 => {
+                    if let Err(e) = files::export_mp4(self, path, self.dialog_tx.clone()) {
+                        self.errors.push(format!("export failed: {e:#}"));
+                    }
+                }
                 Some(path) => match files::export(self, kind, &path) {
                     Ok(()) => {
                         self.notice = Some(format!("wrote {}", path.display()));
