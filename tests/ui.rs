@@ -231,7 +231,36 @@ fn viewer_runs_switches_scrubs_and_exports() {
     assert!(hover.reconstruction.is_some());
     assert!(h.state().token_texture_ready());
     assert!(h.query_all_by_label_contains("digits").count() > 0);
-    let _ = cell;
+    // Clicking the cell highlights its index everywhere.
+    let at = egui::pos2(
+        w as f32 / 2.0 / h.ctx.pixels_per_point(),
+        hgt as f32 * 0.4 / h.ctx.pixels_per_point(),
+    );
+    for pressed in [true, false] {
+        h.event(egui::Event::PointerButton {
+            pos: at,
+            button: egui::PointerButton::Primary,
+            pressed,
+            modifiers: egui::Modifiers::NONE,
+        });
+        h.step();
+    }
+    h.step();
+    let selected = h
+        .state()
+        .selected_index
+        .expect("clicking a cell selects its index");
+    assert!((0..64000).contains(&selected));
+    let a = h.state().current.clone().unwrap();
+    let w0 = &a.windows[cell.0];
+    let (_, gh, gw) = w0.grid;
+    match &w0.values {
+        tokenscope::app::analysis::TokenValues::Discrete(v) => {
+            assert_eq!(v[(cell.1 * gh + cell.3) * gw + cell.2], selected)
+        }
+        _ => panic!("a discrete model has indices"),
+    }
+    assert!(h.query_all_by_label_contains("highlighted index").count() > 0);
 
     // Exports: the composite PNG has three panes of the clip's size; the CSV one row per frame.
     let dir = std::env::temp_dir().join(format!("tokenscope-ui-{}", std::process::id()));

@@ -703,7 +703,7 @@ impl ViewerApp {
         self.token_texture = Some(TokenTexture { key, texture });
     }
 
-    /// The token overlay texture's id, when one is ready.
+    /// Whether the token overlay texture of the current frame is built.
     pub fn token_texture_ready(&self) -> bool {
         self.token_texture.is_some()
     }
