@@ -47,6 +47,8 @@ pub enum Event {
     },
     /// A model is now in the worker's memory.
     Loaded(String),
+    /// A model was dropped from the worker's memory to make room.
+    Unloaded(String),
     Finished {
         key: JobKey,
         result: Result<Arc<Analysis>, String>,
@@ -199,6 +201,9 @@ impl Jobs {
                 Ok(Event::Loaded(model)) => {
                     self.loaded.insert(model);
                 }
+                Ok(Event::Unloaded(model)) => {
+                    self.loaded.remove(&model);
+                }
                 Ok(Event::Finished { key, result }) => {
                     if self.running.as_ref().is_some_and(|r| r.key == key) {
                         self.running = None;
@@ -325,7 +330,8 @@ fn analyse_job(
                 .with_context(|| format!("loading `{}`", path.display()))?,
             );
             if models.len() >= LOADED_MODELS {
-                models.remove(0);
+                let (evicted, _) = models.remove(0);
+                emit(Event::Unloaded(evicted));
             }
             models.push((key.model.clone(), model.clone()));
             emit(Event::Loaded(key.model.clone()));

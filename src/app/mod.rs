@@ -444,7 +444,7 @@ impl ViewerApp {
                         self.next_in_queue();
                     }
                 },
-                Event::Progress { .. } | Event::Loaded(_) => {}
+                Event::Progress { .. } | Event::Loaded(_) | Event::Unloaded(_) => {}
             }
         }
     }
