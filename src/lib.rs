@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: media is decoded, tokenized by [`tokenizer`], measured and shown.
 
+pub mod app;
 pub mod cli;
 pub mod device;
 pub mod hub;

@@ -7,6 +7,7 @@ mod media_io;
 mod models;
 mod tensors;
 mod train;
+mod view;
 
 use std::path::PathBuf;
 
@@ -25,8 +26,9 @@ use crate::tokenizer::checkpoint::{self, LoadOptions, LoadedModel};
                   and shows or measures what they do."
 )]
 pub struct Cli {
+    /// No subcommand: open the viewer on the demo clip.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -52,6 +54,10 @@ enum Command {
     /// Train a Cosmos-architecture tokenizer (nano width by default) on images and videos; writes
     /// a checkpoint every command loads. Resumes when the output folder holds a run.
     Train(Box<train::TrainArgs>),
+    /// Open the viewer: original, reconstruction and difference, metrics, tokens, rates.
+    View(view::ViewArgs),
+    /// Time the viewer's frames while a model runs, and switching to a computed rate.
+    BenchUi(view::BenchUiArgs),
 }
 
 /// Which checkpoint, and where to run it.
@@ -123,7 +129,10 @@ pub fn resolve_model_path(spec: &str) -> anyhow::Result<PathBuf> {
 
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
+    let Some(command) = cli.command else {
+        return view::run(&view::ViewArgs::default());
+    };
+    match command {
         Command::Encode(args) => tensors::encode(&args, false),
         Command::Reconstruct(args) => tensors::encode(&args, true),
         Command::Decode(args) => tensors::decode(&args),
@@ -136,5 +145,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Models(args) => models::run(&args),
         Command::Train(args) => train::run(&args),
+        Command::View(args) => view::run(&args),
+        Command::BenchUi(args) => view::bench_ui(&args),
     }
 }

@@ -1,0 +1,390 @@
+//! Worker threads: one decodes media, one runs models (one inference job at a time,
+//! cancellable, with progress). Requests and events go through bounded channels; the UI thread
+//! polls events once per frame and never waits. Finished analyses are cached per
+//! (input, model, settings), so switching back to a computed rate is instant.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+use super::analysis::{self, Analysis, JobKey, ModelFacts};
+use crate::device;
+use crate::media::{self, Clip, DecodeOptions};
+use crate::tokenizer::checkpoint::{self, LoadOptions, LoadedModel};
+use crate::tokenizer::runner::{self, RunOptions};
+
+/// Models the inference worker keeps in memory.
+const LOADED_MODELS: usize = 4;
+
+/// What the workers are asked to do.
+enum Request {
+    Decode(PathBuf),
+    Analyse {
+        key: JobKey,
+        name: String,
+        clip: Arc<Clip>,
+        cancel: Arc<AtomicBool>,
+    },
+}
+
+/// What the workers report.
+#[derive(Debug)]
+pub enum Event {
+    Decoded {
+        path: PathBuf,
+        result: Result<Arc<Clip>, String>,
+    },
+    Progress {
+        key: JobKey,
+        stage: String,
+        done: usize,
+        total: usize,
+    },
+    /// A model is now in the worker's memory.
+    Loaded(String),
+    /// A model was dropped from the worker's memory to make room.
+    Unloaded(String),
+    Finished {
+        key: JobKey,
+        result: Result<Arc<Analysis>, String>,
+    },
+}
+
+/// The job in flight, as the UI sees it.
+#[derive(Clone, Debug)]
+pub struct Running {
+    pub key: JobKey,
+    pub started: Instant,
+    pub stage: String,
+    pub done: usize,
+    pub total: usize,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Seconds left, extrapolated from the windows done so far.
+    pub fn eta_seconds(&self) -> Option<f64> {
+        (self.done > 0 && self.total >= self.done).then(|| {
+            let per = self.started.elapsed().as_secs_f64() / self.done as f64;
+            per * (self.total - self.done) as f64
+        })
+    }
+
+    pub fn fraction(&self) -> f32 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.done as f32 / self.total as f32
+        }
+    }
+}
+
+/// Handles to the workers plus the result cache (owned by the UI thread).
+pub struct Jobs {
+    decode_tx: SyncSender<Request>,
+    run_tx: SyncSender<Request>,
+    events: Receiver<Event>,
+    pub running: Option<Running>,
+    pub decoding: Option<PathBuf>,
+    cache: HashMap<JobKey, Arc<Analysis>>,
+    /// Model keys the worker holds in memory.
+    pub loaded: HashSet<String>,
+}
+
+impl Jobs {
+    /// Starts the workers. `repaint` is called from a worker after each event.
+    pub fn new(repaint: Option<Box<dyn Fn() + Send + Sync>>) -> Self {
+        let repaint: Option<Arc<dyn Fn() + Send + Sync>> = repaint.map(Arc::from);
+        let (event_tx, events) = sync_channel::<Event>(256);
+        let (decode_tx, decode_rx) = sync_channel::<Request>(4);
+        let (run_tx, run_rx) = sync_channel::<Request>(4);
+        for (name, rx) in [("tokenscope-decode", decode_rx), ("tokenscope-run", run_rx)] {
+            let tx = event_tx.clone();
+            let wake = repaint.clone();
+            let spawned = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || worker(rx, tx, wake));
+            if let Err(e) = spawned {
+                log::error!("cannot start the {name} worker: {e}");
+            }
+        }
+        Self {
+            decode_tx,
+            run_tx,
+            events,
+            running: None,
+            decoding: None,
+            cache: HashMap::new(),
+            loaded: HashSet::new(),
+        }
+    }
+
+    /// Asks for a file to be decoded.
+    pub fn decode(&mut self, path: &Path) -> Result<(), String> {
+        send(&self.decode_tx, Request::Decode(path.to_path_buf()))?;
+        self.decoding = Some(path.to_path_buf());
+        Ok(())
+    }
+
+    /// The cached analysis for a key.
+    pub fn cached(&self, key: &JobKey) -> Option<Arc<Analysis>> {
+        self.cache.get(key).cloned()
+    }
+
+    /// Every cached analysis of one input and settings (one per model).
+    pub fn cached_for<'a>(
+        &'a self,
+        input: &'a Path,
+        settings: &'a analysis::RunSettings,
+    ) -> impl Iterator<Item = &'a Arc<Analysis>> + 'a {
+        self.cache
+            .values()
+            .filter(move |a| a.key.input == input && &a.key.settings == settings)
+    }
+
+    /// Starts a job, cancelling the one running (one inference job at a time).
+    pub fn run(&mut self, key: JobKey, name: String, clip: Arc<Clip>) -> Result<(), String> {
+        if self.running.as_ref().is_some_and(|r| r.key == key) {
+            return Ok(());
+        }
+        self.cancel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        send(
+            &self.run_tx,
+            Request::Analyse {
+                key: key.clone(),
+                name,
+                clip,
+                cancel: cancel.clone(),
+            },
+        )?;
+        self.running = Some(Running {
+            key,
+            started: Instant::now(),
+            stage: "queued".into(),
+            done: 0,
+            total: 0,
+            cancel,
+        });
+        Ok(())
+    }
+
+    pub fn cancel(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Drains the workers' events: updates progress and the cache, returns what the app must
+    /// act on (decoded clips, finished or failed jobs).
+    pub fn poll(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        loop {
+            match self.events.try_recv() {
+                Ok(Event::Progress {
+                    key,
+                    stage,
+                    done,
+                    total,
+                }) => {
+                    if let Some(r) = self.running.as_mut().filter(|r| r.key == key) {
+                        r.stage = stage;
+                        r.done = done;
+                        r.total = total;
+                    }
+                }
+                Ok(Event::Loaded(model)) => {
+                    self.loaded.insert(model);
+                }
+                Ok(Event::Unloaded(model)) => {
+                    self.loaded.remove(&model);
+                }
+                Ok(Event::Finished { key, result }) => {
+                    if self.running.as_ref().is_some_and(|r| r.key == key) {
+                        self.running = None;
+                    }
+                    if let Ok(a) = &result {
+                        self.cache.insert(key.clone(), a.clone());
+                    }
+                    out.push(Event::Finished { key, result });
+                }
+                Ok(Event::Decoded { path, result }) => {
+                    if self.decoding.as_ref() == Some(&path) {
+                        self.decoding = None;
+                    }
+                    out.push(Event::Decoded { path, result });
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        out
+    }
+
+    /// Whether a worker is busy.
+    pub fn busy(&self) -> bool {
+        self.running.is_some() || self.decoding.is_some()
+    }
+}
+
+fn send(tx: &SyncSender<Request>, request: Request) -> Result<(), String> {
+    tx.try_send(request).map_err(|e| match e {
+        TrySendError::Full(_) => "the worker is busy; try again in a moment".to_string(),
+        TrySendError::Disconnected(_) => "the worker thread stopped".to_string(),
+    })
+}
+
+/// A worker loop: handles requests until the app drops its sender.
+fn worker(
+    requests: Receiver<Request>,
+    events: SyncSender<Event>,
+    repaint: Option<Arc<dyn Fn() + Send + Sync>>,
+) {
+    let mut models: Vec<(String, Arc<LoadedModel>)> = Vec::new();
+    let emit = |event: Event| {
+        // Progress may be dropped when the UI is behind; results never are.
+        let sent = match event {
+            Event::Progress { .. } => events.try_send(event).is_ok(),
+            _ => events.send(event).is_ok(),
+        };
+        if let Some(wake) = &repaint {
+            wake();
+        }
+        sent
+    };
+    while let Ok(request) = requests.recv() {
+        match request {
+            Request::Decode(path) => {
+                let result = media::open(&path, &DecodeOptions::default())
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string());
+                emit(Event::Decoded { path, result });
+            }
+            Request::Analyse {
+                key,
+                name,
+                clip,
+                cancel,
+            } => {
+                if cancel.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let result = analyse_job(&key, name, &clip, &cancel, &mut models, &emit)
+                    .map(Arc::new)
+                    .map_err(|e| {
+                        e.chain()
+                            .map(|c| c.to_string())
+                            .collect::<Vec<_>>()
+                            .join(": ")
+                    });
+                emit(Event::Finished { key, result });
+            }
+        }
+    }
+}
+
+/// Loads (or reuses) the model, runs the wrapper on the frame range and measures the result.
+fn analyse_job(
+    key: &JobKey,
+    name: String,
+    clip: &Clip,
+    cancel: &AtomicBool,
+    models: &mut Vec<(String, Arc<LoadedModel>)>,
+    emit: &dyn Fn(Event) -> bool,
+) -> anyhow::Result<Analysis> {
+    let started = Instant::now();
+    let progress = |stage: &str, done, total| {
+        emit(Event::Progress {
+            key: key.clone(),
+            stage: stage.into(),
+            done,
+            total,
+        });
+    };
+    progress("loading model", 0, 0);
+    let loaded = match models.iter().position(|(k, _)| k == &key.model) {
+        Some(i) => {
+            // Most recently used last.
+            let entry = models.remove(i);
+            let model = entry.1.clone();
+            models.push(entry);
+            model
+        }
+        None => {
+            let device = device::select_device(device::DeviceChoice::Auto)?;
+            let dtype = device::select_dtype(device::DTypeChoice::Auto, &device)?;
+            let path = crate::cli::resolve_model_path(&key.model)?;
+            let model = Arc::new(
+                checkpoint::load(
+                    &path,
+                    &LoadOptions {
+                        variant: None,
+                        device,
+                        dtype,
+                    },
+                )
+                .with_context(|| format!("loading `{}`", path.display()))?,
+            );
+            if models.len() >= LOADED_MODELS {
+                let (evicted, _) = models.remove(0);
+                emit(Event::Unloaded(evicted));
+            }
+            models.push((key.model.clone(), model.clone()));
+            emit(Event::Loaded(key.model.clone()));
+            model
+        }
+    };
+    let tokenizer = &loaded.tokenizer;
+    let config = tokenizer.config();
+    if !tokenizer.has_encoder() || !tokenizer.has_decoder() {
+        anyhow::bail!(
+            "{} needs both encoder and decoder weights to reconstruct",
+            loaded.variant_name
+        );
+    }
+    let s = key.settings;
+    let available = clip.frames.frames.saturating_sub(s.start);
+    let count = s.frames.min(available);
+    if count == 0 {
+        anyhow::bail!(
+            "frame {} is past the end of the clip ({} frames)",
+            s.start,
+            clip.frames.frames
+        );
+    }
+    let frames = clip.frames.slice(s.start, count)?;
+    let options = RunOptions {
+        temporal_window: s.temporal_window,
+        tiling: None,
+    };
+    let run = runner::reconstruct(tokenizer, &frames, &options, cancel, &mut |done, total| {
+        progress("encoding and decoding windows", done, total);
+    })?;
+    progress("measuring", 1, 1);
+    let facts = ModelFacts {
+        name,
+        variant: loaded.variant_name.clone(),
+        family: config.family.name().to_string(),
+        discrete: config.family.is_discrete(),
+        video: config.family.is_video(),
+        spatial: config.spatial_compression,
+        temporal: config.temporal_compression,
+        latent_channels: config.latent_channels,
+        parameters: loaded.parameters,
+        device: device::describe(tokenizer.device()),
+        dtype: format!("{:?}", tokenizer.dtype()).to_lowercase(),
+        training_shorter_side: analysis::training_shorter_side(&loaded.variant_name),
+    };
+    analysis::analyse(
+        key.clone(),
+        facts,
+        &clip.frames,
+        run,
+        tokenizer.dtype(),
+        started.elapsed().as_secs_f64(),
+    )
+}

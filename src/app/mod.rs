@@ -1,0 +1,1047 @@
+//! The desktop viewer (eframe, wgpu renderer).
+//!
+//! Data flows one way: decode → tokenize → measure → show. Workers ([`jobs`]) decode and run
+//! models; the UI thread lays out one file per panel, each pushing [`Command`]s that
+//! [`ViewerApp::apply`] handles after the layout pass.
+
+pub mod analysis;
+pub mod bench;
+pub mod colormap;
+pub mod command;
+mod compare;
+mod files;
+pub mod gpu;
+mod help;
+pub mod jobs;
+mod metrics_panel;
+pub mod models;
+mod rates;
+pub mod state;
+mod status;
+mod timeline;
+mod tokens;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use egui::{Key, Vec2};
+
+pub use self::analysis::{Analysis, JobKey, RunSettings};
+pub use self::command::{Command, ExportKind};
+use self::gpu::FramePair;
+use self::jobs::{Event, Jobs};
+use self::models::ModelEntry;
+pub use self::state::{AppState, Layout, TokenView, ViewSettings};
+use crate::media::Clip;
+
+/// How the viewer was started.
+#[derive(Clone, Debug, Default)]
+pub struct ViewerOptions {
+    pub file: Option<PathBuf>,
+    pub model: Option<String>,
+    pub frame: Option<usize>,
+    pub layout: Option<Layout>,
+    /// Frames to run the model on (overrides the saved setting).
+    pub frames: Option<usize>,
+    /// Save a screenshot of the window here once the job has finished, then exit.
+    pub screenshot: Option<PathBuf>,
+    /// Start with the token overlay on.
+    pub tokens: bool,
+    /// Do not read the Hugging Face cache (tests, benchmarks).
+    pub no_hub: bool,
+    /// Models to run before `model`, so the plots compare rates from the start.
+    pub also: Vec<String>,
+}
+
+/// Zoom and pan, shared by every pane.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ViewTransform {
+    /// Fit the image in the pane (zoom and centre follow the pane size).
+    pub fit: bool,
+    /// Points per image pixel.
+    pub zoom: f32,
+    /// Image point at the centre of each pane.
+    pub center: Vec2,
+    /// Wipe split as a fraction of the pane width.
+    pub wipe: f32,
+}
+
+impl Default for ViewTransform {
+    fn default() -> Self {
+        Self {
+            fit: true,
+            zoom: 1.0,
+            center: Vec2::ZERO,
+            wipe: 0.5,
+        }
+    }
+}
+
+/// What is under the cursor in a pane.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hover {
+    pub x: usize,
+    pub y: usize,
+    pub original: [u8; 3],
+    pub reconstruction: Option<[u8; 3]>,
+    /// (window, latent frame, cell x, cell y).
+    pub cell: Option<(usize, usize, usize, usize)>,
+}
+
+/// Answers of the system dialogs, which run on their own threads.
+enum DialogAnswer {
+    Open(PathBuf),
+    Model(PathBuf),
+    Export(ExportKind, PathBuf),
+    /// A background export finished.
+    Exported(Result<PathBuf, String>),
+}
+
+/// Screenshot mode: wait for the job, render, save, exit.
+#[derive(Default)]
+struct ScreenshotPlan {
+    path: Option<PathBuf>,
+    requested: bool,
+    /// Frames rendered since the results were ready (the plots need a pass or two to settle).
+    settle: u32,
+    saved: Arc<AtomicBool>,
+    error: Arc<Mutex<Option<String>>>,
+    started: Option<Instant>,
+}
+
+/// The texture of the token overlay for one frame.
+struct TokenTexture {
+    key: (usize, usize, usize, TokenView, usize, Option<i64>, u64),
+    texture: egui::TextureHandle,
+}
+
+pub struct ViewerApp {
+    pub state: AppState,
+    pub clip: Option<Arc<Clip>>,
+    pub models: Vec<ModelEntry>,
+    picked_models: Vec<PathBuf>,
+    /// Catalogue key of the current model.
+    pub model: Option<String>,
+    pub jobs: Jobs,
+    /// The analysis of (clip, model, settings), when computed.
+    pub current: Option<Arc<Analysis>>,
+    pub frame: usize,
+    pub playing: bool,
+    play_clock: f64,
+    pub view: ViewTransform,
+    pub hover: Option<Hover>,
+    pub selected_index: Option<i64>,
+    commands: Vec<Command>,
+    /// Failures not yet dismissed; each is shown once.
+    pub errors: Vec<String>,
+    pub notice: Option<String>,
+    gpu: bool,
+    frames: Option<Arc<FramePair>>,
+    frames_key: Option<(usize, usize, usize)>,
+    generation: u64,
+    token_texture: Option<TokenTexture>,
+    screenshot: ScreenshotPlan,
+    pub show_help: bool,
+    compare_queue: Vec<String>,
+    dialog_tx: Sender<DialogAnswer>,
+    dialog_rx: Receiver<DialogAnswer>,
+    pub last_export: Option<PathBuf>,
+    /// Whether to run the model as soon as the clip is decoded.
+    autorun: bool,
+    pending_seek: Option<usize>,
+    include_hub: bool,
+    /// Catalogue keys of `ViewerOptions::also`, queued once the clip is decoded.
+    also: Vec<String>,
+    /// Duration of the last `frame_ui` call, for the benchmark.
+    pub last_frame_ms: f64,
+}
+
+/// The bundled demo clip.
+pub fn demo_clip() -> PathBuf {
+    models::project_root().join("assets/demo.mp4")
+}
+
+impl ViewerApp {
+    /// Builds the app; `render_state` is eframe's wgpu state (None without a GPU renderer).
+    pub fn new(
+        ctx: &egui::Context,
+        render_state: Option<&egui_wgpu::RenderState>,
+        storage: Option<&dyn eframe::Storage>,
+        options: ViewerOptions,
+    ) -> Self {
+        if let Some(rs) = render_state {
+            gpu::install(rs);
+        }
+        let state: AppState = storage
+            .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
+            .unwrap_or_default();
+        let wake = ctx.clone();
+        let jobs = Jobs::new(Some(Box::new(move || wake.request_repaint())));
+        let (dialog_tx, dialog_rx) = channel();
+        let mut app = Self {
+            state,
+            clip: None,
+            models: Vec::new(),
+            picked_models: Vec::new(),
+            model: None,
+            jobs,
+            current: None,
+            frame: 0,
+            playing: false,
+            play_clock: 0.0,
+            view: ViewTransform::default(),
+            hover: None,
+            selected_index: None,
+            commands: Vec::new(),
+            errors: Vec::new(),
+            notice: None,
+            gpu: gpu::installed(render_state),
+            frames: None,
+            frames_key: None,
+            generation: 0,
+            token_texture: None,
+            screenshot: ScreenshotPlan::default(),
+            show_help: false,
+            compare_queue: Vec::new(),
+            dialog_tx,
+            dialog_rx,
+            last_export: None,
+            autorun: true,
+            pending_seek: options.frame,
+            include_hub: !options.no_hub,
+            also: Vec::new(),
+            last_frame_ms: 0.0,
+        };
+        if let Some(layout) = options.layout {
+            app.state.view.layout = layout;
+        }
+        if let Some(frames) = options.frames {
+            app.state.view.frame_count = frames.max(1);
+            app.state.view.start_frame = 0;
+        }
+        if options.tokens {
+            app.state.view.token_view = TokenView::Values;
+        }
+        app.screenshot.path = options.screenshot.clone();
+        app.rescan_models();
+        let wanted = options.model.clone().or(app.state.last_model.clone());
+        app.model = wanted
+            .as_deref()
+            .and_then(|spec| {
+                models::find(&app.models, spec)
+                    .map(|e| e.key.clone())
+                    .or_else(|| {
+                        // A path not in the catalogue: add it as picked.
+                        let p = PathBuf::from(spec);
+                        p.exists().then(|| {
+                            app.picked_models.push(p.clone());
+                            app.rescan_models();
+                            p.display().to_string()
+                        })
+                    })
+            })
+            .or_else(|| models::default_model(&app.models).map(|e| e.key.clone()));
+        if options.model.is_some() && app.model.as_deref() != options.model.as_deref() {
+            if let Some(spec) = &options.model {
+                if models::find(&app.models, spec).is_none() {
+                    app.errors
+                        .push(format!("model `{spec}` not found; using the default"));
+                }
+            }
+        }
+        for spec in &options.also {
+            match models::find(&app.models, spec) {
+                Some(e) => app.also.push(e.key.clone()),
+                None => app.errors.push(format!("model `{spec}` not found")),
+            }
+        }
+        let file = options.file.clone().unwrap_or_else(demo_clip);
+        app.commands.push(Command::OpenFile(file));
+        app
+    }
+
+    /// Whether the comparison is drawn by the wgpu callback.
+    pub fn has_gpu(&self) -> bool {
+        self.gpu
+    }
+
+    fn rescan_models(&mut self) {
+        self.models = models::scan(
+            &models::project_root(),
+            &self.picked_models,
+            self.include_hub,
+        );
+    }
+
+    /// The current model's catalogue entry.
+    pub fn model_entry(&self) -> Option<&ModelEntry> {
+        let key = self.model.as_deref()?;
+        self.models.iter().find(|e| e.key == key)
+    }
+
+    pub fn settings(&self) -> RunSettings {
+        RunSettings {
+            start: self.state.view.start_frame,
+            frames: self.state.view.frame_count.max(1),
+            temporal_window: self.state.view.temporal_window.max(1),
+        }
+    }
+
+    /// The job key of (clip, model, settings).
+    pub fn current_key(&self) -> Option<JobKey> {
+        Some(JobKey {
+            input: self.clip.as_ref()?.source.clone(),
+            model: self.model.clone()?,
+            settings: self.settings(),
+        })
+    }
+
+    pub fn frame_count(&self) -> usize {
+        self.clip.as_ref().map_or(0, |c| c.frames.frames)
+    }
+
+    /// One image of the clip, RGB.
+    pub fn original_frame(&self, frame: usize) -> Option<&[u8]> {
+        let c = &self.clip.as_ref()?.frames;
+        let n = c.width * c.height * 3;
+        c.data.get(frame * n..(frame + 1) * n)
+    }
+
+    /// (width, height) of the clip.
+    pub fn image_size(&self) -> Option<(usize, usize)> {
+        self.clip
+            .as_ref()
+            .map(|c| (c.frames.width, c.frames.height))
+    }
+
+    /// Queues a command (tests and the benchmark drive the app this way too).
+    pub fn push(&mut self, command: Command) {
+        self.commands.push(command);
+    }
+
+    /// Lays out one frame and applies the commands it produced.
+    pub fn frame_ui(&mut self, ui: &mut egui::Ui) {
+        let started = Instant::now();
+        let ctx = ui.ctx().clone();
+        self.handle_events();
+        self.read_dialogs();
+        self.shortcuts(&ctx);
+        self.dropped_files(&ctx);
+        self.tick_playback(&ctx);
+        // Commands from outside (tests, start-up) first, so this frame shows their effect.
+        self.apply_commands(&ctx);
+        self.refresh_current();
+        self.prepare_frames();
+        self.prepare_token_texture(&ctx);
+
+        let mut out = Vec::new();
+        egui::Panel::top("menu").show(ui, |ui| files::menu_ui(self, ui, &mut out));
+        egui::Panel::bottom("status").show(ui, |ui| status::status_ui(self, ui, &mut out));
+        egui::Panel::bottom("timeline").show(ui, |ui| timeline::timeline_ui(self, ui, &mut out));
+        if self.state.view.show_metrics_panel {
+            egui::Panel::bottom("metrics")
+                .resizable(true)
+                .default_size(210.0)
+                .min_size(150.0)
+                .show(ui, |ui| metrics_panel::metrics_ui(self, ui, &mut out));
+        }
+        if self.state.view.show_rates_panel {
+            egui::Panel::left("rates")
+                .resizable(true)
+                .default_size(250.0)
+                .show(ui, |ui| rates::rates_ui(self, ui, &mut out));
+        }
+        if self.state.view.show_tokens_panel {
+            egui::Panel::right("tokens")
+                .resizable(true)
+                .default_size(270.0)
+                .show(ui, |ui| tokens::tokens_ui(self, ui, &mut out));
+        }
+        let hover = egui::CentralPanel::default_margins()
+            .show(ui, |ui| {
+                let tex = self.token_texture.as_ref().map(|t| t.texture.id());
+                compare::compare_ui(self, tex, ui, &mut out)
+            })
+            .inner;
+        self.hover = hover;
+        help::help_ui(self, &ctx, &mut out);
+        files::errors_ui(self, &ctx, &mut out);
+        self.commands.extend(out);
+        self.apply_commands(&ctx);
+        self.screenshot_step(&ctx);
+        if self.jobs.busy() || self.playing {
+            ctx.request_repaint();
+        }
+        self.last_frame_ms = started.elapsed().as_secs_f64() * 1e3;
+    }
+
+    fn handle_events(&mut self) {
+        for event in self.jobs.poll() {
+            match event {
+                Event::Decoded { path, result } => match result {
+                    Ok(clip) => {
+                        self.notice = Some(format!(
+                            "opened {} ({} frames, {}x{}, {:.2} fps)",
+                            path.display(),
+                            clip.frames.frames,
+                            clip.frames.width,
+                            clip.frames.height,
+                            clip.fps
+                        ));
+                        for w in &clip.warnings {
+                            self.errors.push(format!("{}: {w}", path.display()));
+                        }
+                        self.state.remember_file(&path);
+                        self.frame = self
+                            .pending_seek
+                            .take()
+                            .unwrap_or(0)
+                            .min(clip.frames.frames.saturating_sub(1));
+                        if self.state.view.start_frame >= clip.frames.frames {
+                            self.state.view.start_frame = 0;
+                        }
+                        self.clip = Some(clip);
+                        self.view = ViewTransform::default();
+                        self.current = None;
+                        self.frames_key = None;
+                        if !self.also.is_empty() {
+                            // Popped from the back: the extra models first, the chosen one last.
+                            let mut queue: Vec<String> = self.model.iter().cloned().collect();
+                            queue.extend(self.also.drain(..).rev());
+                            self.compare_queue = queue;
+                            self.next_in_queue();
+                        } else if self.autorun {
+                            self.commands.push(Command::Run);
+                        }
+                    }
+                    Err(e) => {
+                        self.errors
+                            .push(format!("cannot open {}: {e}", path.display()));
+                        self.screenshot_fail(&format!("cannot open {}: {e}", path.display()));
+                    }
+                },
+                Event::Finished { key, result } => match result {
+                    Ok(a) => {
+                        self.notice = Some(format!(
+                            "{}: clip PSNR {:.2} dB, SSIM {:.4} ({:.1} s)",
+                            a.model.name, a.summary.psnr_clip, a.summary.ssim_mean, a.seconds
+                        ));
+                        self.next_in_queue();
+                    }
+                    Err(e) if e == "cancelled" => {
+                        self.notice = Some("cancelled".into());
+                    }
+                    Err(e) => {
+                        let name = Path::new(&key.model)
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or(key.model.clone());
+                        self.errors.push(format!("{name}: {e}"));
+                        self.screenshot_fail(&e);
+                        self.next_in_queue();
+                    }
+                },
+                Event::Progress { .. } | Event::Loaded(_) | Event::Unloaded(_) => {}
+            }
+        }
+    }
+
+    fn read_dialogs(&mut self) {
+        while let Ok(answer) = self.dialog_rx.try_recv() {
+            match answer {
+                DialogAnswer::Open(p) => self.commands.push(Command::OpenFile(p)),
+                DialogAnswer::Model(p) => {
+                    if !self.picked_models.contains(&p) {
+                        self.picked_models.push(p.clone());
+                    }
+                    self.rescan_models();
+                    self.commands
+                        .push(Command::SelectModel(p.display().to_string()));
+                }
+                DialogAnswer::Export(kind, p) => self.commands.push(Command::Export(kind, Some(p))),
+                DialogAnswer::Exported(Ok(p)) => {
+                    self.notice = Some(format!("wrote {}", p.display()));
+                    self.last_export = Some(p);
+                }
+                DialogAnswer::Exported(Err(e)) => self.errors.push(format!("export failed: {e}")),
+            }
+        }
+    }
+
+    fn shortcuts(&mut self, ctx: &egui::Context) {
+        if ctx.egui_wants_keyboard_input() {
+            return;
+        }
+        let mut out = Vec::new();
+        ctx.input(|i| {
+            let pressed = |k| i.key_pressed(k);
+            if pressed(Key::Space) {
+                out.push(Command::TogglePlay);
+            }
+            if pressed(Key::ArrowRight) || pressed(Key::Period) {
+                out.push(Command::Step(1));
+            }
+            if pressed(Key::ArrowLeft) || pressed(Key::Comma) {
+                out.push(Command::Step(-1));
+            }
+            if pressed(Key::Home) {
+                out.push(Command::Seek(0));
+            }
+            if pressed(Key::End) {
+                out.push(Command::Seek(usize::MAX));
+            }
+            for (k, layout) in [Key::Num1, Key::Num2, Key::Num3, Key::Num4]
+                .into_iter()
+                .zip(Layout::ALL)
+            {
+                if pressed(k) {
+                    out.push(Command::SetLayout(layout));
+                }
+            }
+            if pressed(Key::F) {
+                out.push(Command::ZoomFit);
+            }
+            if pressed(Key::Num0) {
+                out.push(Command::ZoomOneToOne);
+            }
+            if pressed(Key::R) {
+                out.push(Command::Run);
+            }
+            if pressed(Key::Escape) {
+                out.push(Command::Cancel);
+            }
+            if pressed(Key::OpenBracket) {
+                out.push(Command::CycleModel(-1));
+            }
+            if pressed(Key::CloseBracket) {
+                out.push(Command::CycleModel(1));
+            }
+            if pressed(Key::O) && i.modifiers.command {
+                out.push(Command::OpenDialog);
+            }
+            if pressed(Key::E) && i.modifiers.command {
+                out.push(Command::Export(ExportKind::Png, None));
+            }
+            let question = i
+                .events
+                .iter()
+                .any(|e| matches!(e, egui::Event::Text(t) if t == "?"));
+            if question || pressed(Key::Questionmark) || pressed(Key::F1) {
+                out.push(Command::ToggleHelp);
+            }
+        });
+        let mut view = self.state.view.clone();
+        ctx.input(|i| {
+            if i.key_pressed(Key::T) {
+                view.token_view = match view.token_view {
+                    TokenView::Off => TokenView::Values,
+                    _ => TokenView::Off,
+                };
+            }
+            if i.key_pressed(Key::G) {
+                view.show_grid = !view.show_grid;
+            }
+            if i.key_pressed(Key::D) {
+                let all = state::DiffMetric::ALL;
+                let at = all.iter().position(|m| *m == view.diff_metric).unwrap_or(0);
+                view.diff_metric = all
+                    .get((at + 1) % all.len())
+                    .copied()
+                    .unwrap_or(state::DiffMetric::Absolute);
+            }
+            if i.key_pressed(Key::L) {
+                view.looping = !view.looping;
+            }
+            if i.key_pressed(Key::Plus) || i.key_pressed(Key::Equals) {
+                view.gain = (view.gain * 2.0).min(256.0);
+            }
+            if i.key_pressed(Key::Minus) {
+                view.gain = (view.gain / 2.0).max(0.25);
+            }
+        });
+        if view != self.state.view {
+            out.push(Command::SetView(Box::new(view)));
+        }
+        self.commands.extend(out);
+    }
+
+    fn dropped_files(&mut self, ctx: &egui::Context) {
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        });
+        for path in dropped {
+            // A checkpoint folder or file becomes a model; anything else is opened as media.
+            let is_model = path.is_dir()
+                || path
+                    .extension()
+                    .is_some_and(|e| e == "safetensors" || e == "jit");
+            if is_model {
+                let _ = self.dialog_tx.send(DialogAnswer::Model(path));
+            } else {
+                self.commands.push(Command::OpenFile(path));
+            }
+        }
+    }
+
+    fn tick_playback(&mut self, ctx: &egui::Context) {
+        let Some(clip) = &self.clip else {
+            return;
+        };
+        if !self.playing {
+            self.play_clock = 0.0;
+            return;
+        }
+        let fps = clip.playback_fps().max(1.0);
+        self.play_clock += f64::from(ctx.input(|i| i.stable_dt).min(0.25));
+        let steps = (self.play_clock * fps).floor();
+        if steps >= 1.0 {
+            self.play_clock -= steps / fps;
+            let n = clip.frames.frames;
+            let next = self.frame + steps as usize;
+            if next >= n {
+                if self.state.view.looping {
+                    self.frame = next % n.max(1);
+                } else {
+                    self.frame = n.saturating_sub(1);
+                    self.playing = false;
+                }
+            } else {
+                self.frame = next;
+            }
+        }
+        ctx.request_repaint();
+    }
+
+    fn refresh_current(&mut self) {
+        let key = self.current_key();
+        let fresh = match (&self.current, &key) {
+            (Some(a), Some(k)) => a.key == *k,
+            _ => false,
+        };
+        if !fresh {
+            self.current = key.and_then(|k| self.jobs.cached(&k));
+        }
+    }
+
+    /// Builds the frame pair for the GPU when the frame or the analysis changed.
+    fn prepare_frames(&mut self) {
+        let Some(clip) = &self.clip else {
+            self.frames = None;
+            return;
+        };
+        let analysis_id = self.current.as_ref().map_or(0, |a| Arc::as_ptr(a) as usize);
+        let key = (self.frame, analysis_id, Arc::as_ptr(clip) as usize);
+        if self.frames_key == Some(key) {
+            return;
+        }
+        let Some(original) = self.original_frame(self.frame).map(gpu::rgba_from_rgb) else {
+            return;
+        };
+        let (width, height) = (clip.frames.width as u32, clip.frames.height as u32);
+        self.generation += 1;
+        let reconstruction = self
+            .current
+            .as_ref()
+            .and_then(|a| a.frame(self.frame))
+            .map(gpu::rgba_from_rgb);
+        self.frames = Some(Arc::new(FramePair {
+            generation: self.generation,
+            width,
+            height,
+            original,
+            reconstruction,
+        }));
+        self.frames_key = Some(key);
+    }
+
+    /// The token overlay texture of the current frame.
+    fn prepare_token_texture(&mut self, ctx: &egui::Context) {
+        let view = self.state.view.token_view;
+        let Some(a) = self.current.clone() else {
+            self.token_texture = None;
+            return;
+        };
+        if view == TokenView::Off {
+            return;
+        }
+        let Some((window, t)) = a.token_frame(self.frame) else {
+            return;
+        };
+        let key = (
+            Arc::as_ptr(&a) as usize,
+            window,
+            t,
+            view,
+            self.state.view.latent_channel,
+            self.selected_index,
+            (self.state.view.token_opacity * 1000.0) as u64,
+        );
+        if self.token_texture.as_ref().is_some_and(|tt| tt.key == key) {
+            return;
+        }
+        let Some(image) = tokens::overlay_image(
+            &a,
+            window,
+            t,
+            view,
+            self.state.view.latent_channel,
+            self.selected_index,
+            self.state.view.token_opacity,
+            self.state.view.colormap,
+        ) else {
+            return;
+        };
+        let texture = ctx.load_texture("token overlay", image, egui::TextureOptions::NEAREST);
+        self.token_texture = Some(TokenTexture { key, texture });
+    }
+
+    /// Whether the token overlay texture of the current frame is built.
+    pub fn token_texture_ready(&self) -> bool {
+        self.token_texture.is_some()
+    }
+
+    fn next_in_queue(&mut self) {
+        if let Some(next) = self.compare_queue.pop() {
+            self.commands.push(Command::SelectModel(next));
+        }
+    }
+
+    fn run_current(&mut self) {
+        let (Some(key), Some(clip)) = (self.current_key(), self.clip.clone()) else {
+            if self.model.is_none() {
+                self.errors.push(
+                    "no model to run: open a checkpoint folder (Models > Open checkpoint folder…)"
+                        .into(),
+                );
+            }
+            return;
+        };
+        if let Some(entry) = self.model_entry() {
+            if let models::Availability::Unavailable(why) = &entry.availability {
+                self.errors.push(format!("{}: {why}", entry.name));
+                return;
+            }
+        }
+        if self.jobs.cached(&key).is_some() {
+            return;
+        }
+        let name = self
+            .model_entry()
+            .map(|e| e.name.clone())
+            .unwrap_or_else(|| key.model.clone());
+        if let Err(e) = self.jobs.run(key, name, clip) {
+            self.errors.push(e);
+        }
+    }
+
+    fn apply_commands(&mut self, ctx: &egui::Context) {
+        let commands = std::mem::take(&mut self.commands);
+        for command in commands {
+            self.apply(command, ctx);
+        }
+    }
+
+    /// Applies one command.
+    pub fn apply(&mut self, command: Command, ctx: &egui::Context) {
+        let frames = self.frame_count();
+        match command {
+            Command::OpenFile(path) => {
+                if let Err(e) = self.jobs.decode(&path) {
+                    self.errors.push(e);
+                }
+            }
+            Command::OpenDialog => files::open_dialog(self.dialog_tx.clone(), false),
+            Command::OpenModelDialog => files::open_dialog(self.dialog_tx.clone(), true),
+            Command::SelectModel(key) => {
+                self.model = Some(key.clone());
+                self.state.last_model = Some(key);
+                self.refresh_current();
+                if self.current.is_none() {
+                    self.run_current();
+                }
+            }
+            Command::Run => self.run_current(),
+            Command::CompareAll => {
+                let mut queue: Vec<String> = self
+                    .models
+                    .iter()
+                    .filter(|e| e.is_available())
+                    .map(|e| e.key.clone())
+                    .collect();
+                // Popped from the back: keep the catalogue order.
+                queue.reverse();
+                self.compare_queue = queue;
+                self.next_in_queue();
+            }
+            Command::Cancel => {
+                self.compare_queue.clear();
+                self.jobs.cancel();
+            }
+            Command::Seek(f) => {
+                self.frame = f.min(frames.saturating_sub(1));
+            }
+            Command::Step(d) => {
+                self.playing = false;
+                let n = frames as i64;
+                if n > 0 {
+                    let next = self.frame as i64 + d;
+                    self.frame = if self.state.view.looping {
+                        next.rem_euclid(n) as usize
+                    } else {
+                        next.clamp(0, n - 1) as usize
+                    };
+                }
+            }
+            Command::TogglePlay => self.playing = !self.playing,
+            Command::SetLayout(layout) => self.state.view.layout = layout,
+            Command::ZoomFit => self.view.fit = true,
+            Command::ZoomOneToOne => {
+                if self.view.fit {
+                    if let Some((w, h)) = self.image_size() {
+                        self.view.center = Vec2::new(w as f32 / 2.0, h as f32 / 2.0);
+                    }
+                }
+                self.view.fit = false;
+                self.view.zoom = 1.0 / ctx.pixels_per_point();
+            }
+            Command::SetTransform { zoom, cx, cy } => {
+                self.view.fit = false;
+                self.view.zoom = zoom.clamp(0.02, 128.0);
+                self.view.center = Vec2::new(cx, cy);
+            }
+            Command::SetWipe(f) => self.view.wipe = f.clamp(0.0, 1.0),
+            Command::SetView(view) => {
+                let rerun = view.frame_count != self.state.view.frame_count
+                    || view.start_frame != self.state.view.start_frame
+                    || view.temporal_window != self.state.view.temporal_window;
+                self.state.view = *view;
+                if rerun {
+                    self.refresh_current();
+                }
+            }
+            Command::SelectTokenIndex(i) => self.selected_index = i,
+            Command::JumpToCell { frame, x, y } => {
+                self.frame = frame.min(frames.saturating_sub(1));
+                self.playing = false;
+                if let Some(a) = &self.current {
+                    let s = a.model.spatial as f32;
+                    let w = a
+                        .token_frame(self.frame)
+                        .and_then(|(wi, _)| a.windows.get(wi));
+                    let (pl, pt) = w.map_or((0.0, 0.0), |w| {
+                        (w.padding.cols.0 as f32, w.padding.rows.0 as f32)
+                    });
+                    self.view.fit = false;
+                    self.view.zoom = (160.0 / s).max(self.view.zoom);
+                    self.view.center =
+                        Vec2::new((x as f32 + 0.5) * s - pl, (y as f32 + 0.5) * s - pt);
+                }
+            }
+            Command::Export(kind, path) => match path {
+                Some(path) if kind == ExportKind::Mp4 => {
+                    if let Err(e) = files::export_mp4(self, path, self.dialog_tx.clone()) {
+                        self.errors.push(format!("export failed: {e:#}"));
+                    }
+                }
+                Some(path) => match files::export(self, kind, &path) {
+                    Ok(()) => {
+                        self.notice = Some(format!("wrote {}", path.display()));
+                        self.last_export = Some(path);
+                    }
+                    Err(e) => self.errors.push(format!("export failed: {e:#}")),
+                },
+                None => files::save_dialog(self.dialog_tx.clone(), kind, self.export_name(kind)),
+            },
+            Command::ToggleHelp => self.show_help = !self.show_help,
+            Command::DismissError => {
+                if !self.errors.is_empty() {
+                    self.errors.remove(0);
+                }
+            }
+            Command::CycleModel(step) => {
+                let available: Vec<&ModelEntry> =
+                    self.models.iter().filter(|e| e.is_available()).collect();
+                if !available.is_empty() {
+                    let at = available
+                        .iter()
+                        .position(|e| Some(&e.key) == self.model.as_ref())
+                        .unwrap_or(0) as i64;
+                    let next = (at + i64::from(step)).rem_euclid(available.len() as i64) as usize;
+                    if let Some(e) = available.get(next) {
+                        let key = e.key.clone();
+                        self.apply(Command::SelectModel(key), ctx);
+                    }
+                }
+            }
+            Command::RescanModels => self.rescan_models(),
+        }
+    }
+
+    /// A default file name for an export.
+    fn export_name(&self, kind: ExportKind) -> String {
+        let stem = self
+            .clip
+            .as_ref()
+            .and_then(|c| c.source.file_stem())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "tokenscope".into());
+        let model = self
+            .current
+            .as_ref()
+            .map(|a| a.model.name.clone())
+            .unwrap_or_default();
+        match kind {
+            ExportKind::Png => format!("{stem}-{model}-frame{}.png", self.frame),
+            _ => format!("{stem}-{model}-metrics.{}", kind.extension()),
+        }
+    }
+
+    fn screenshot_fail(&mut self, reason: &str) {
+        if self.screenshot.path.is_some() {
+            if let Ok(mut e) = self.screenshot.error.lock() {
+                e.get_or_insert_with(|| reason.to_string());
+            }
+        }
+    }
+
+    /// In screenshot mode: once the results are shown, grab the window, save it, close.
+    fn screenshot_step(&mut self, ctx: &egui::Context) {
+        let Some(path) = self.screenshot.path.clone() else {
+            return;
+        };
+        let started = *self.screenshot.started.get_or_insert_with(Instant::now);
+        if self.screenshot.saved.load(Ordering::Acquire) {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            return;
+        }
+        let ready = self.current.is_some() || !self.errors.is_empty();
+        let timed_out = started.elapsed().as_secs() > 300;
+        if (!ready || self.jobs.busy() || !self.compare_queue.is_empty()) && !timed_out {
+            ctx.request_repaint();
+            return;
+        }
+        self.screenshot.settle += 1;
+        if self.screenshot.settle < 4 || self.screenshot.requested {
+            ctx.request_repaint();
+            return;
+        }
+        self.screenshot.requested = true;
+        let saved = self.screenshot.saved.clone();
+        let error = self.screenshot.error.clone();
+        let wake = ctx.clone();
+        ctx.request_screenshot(move |image| {
+            if let Err(e) = files::save_color_image(&image, &path) {
+                if let Ok(mut slot) = error.lock() {
+                    *slot = Some(format!("saving the screenshot: {e:#}"));
+                }
+            }
+            saved.store(true, Ordering::Release);
+            wake.request_repaint();
+        });
+        ctx.request_repaint();
+    }
+
+    /// A failure in screenshot mode (for the exit status).
+    pub fn screenshot_error(&self) -> Option<String> {
+        self.screenshot.error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Whether screenshot mode has saved its picture.
+    pub fn screenshot_saved(&self) -> bool {
+        self.screenshot.saved.load(Ordering::Acquire)
+    }
+}
+
+impl eframe::App for ViewerApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.frame_ui(ui);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, eframe::APP_KEY, &self.state);
+    }
+}
+
+/// Opens the window and runs until it is closed.
+pub fn run_native(options: ViewerOptions) -> anyhow::Result<()> {
+    let screenshot = options.screenshot.is_some();
+    let native = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("Tokenscope")
+            .with_inner_size([1440.0, 900.0])
+            .with_drag_and_drop(true),
+        renderer: eframe::Renderer::Wgpu,
+        // Screenshot runs must not pick up (or overwrite) the user's saved layout.
+        persist_window: !screenshot,
+        ..Default::default()
+    };
+    let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let saved = Arc::new(AtomicBool::new(false));
+    let (failure_out, saved_out) = (failure.clone(), saved.clone());
+    eframe::run_native(
+        "tokenscope",
+        native,
+        Box::new(move |cc| {
+            let storage = if screenshot { None } else { cc.storage };
+            let app = ViewerApp::new(
+                &cc.egui_ctx,
+                cc.wgpu_render_state.as_ref(),
+                storage,
+                options,
+            );
+            Ok(Box::new(ScreenshotReport {
+                app,
+                failure: failure_out,
+                saved: saved_out,
+                persist: !screenshot,
+            }))
+        }),
+    )
+    .map_err(|e| anyhow::anyhow!("the window failed: {e}"))?;
+    if screenshot {
+        if let Some(e) = failure.lock().ok().and_then(|f| f.clone()) {
+            anyhow::bail!("{e}");
+        }
+        if !saved.load(Ordering::Acquire) {
+            anyhow::bail!("the window closed before the screenshot was taken");
+        }
+    }
+    Ok(())
+}
+
+/// Passes the screenshot outcome out of eframe's closure.
+struct ScreenshotReport {
+    app: ViewerApp,
+    failure: Arc<Mutex<Option<String>>>,
+    saved: Arc<AtomicBool>,
+    /// Screenshot runs leave the user's saved state alone.
+    persist: bool,
+}
+
+impl eframe::App for ScreenshotReport {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
+        self.app.ui(ui, frame);
+        if let Some(e) = self.app.screenshot_error() {
+            if let Ok(mut f) = self.failure.lock() {
+                *f = Some(e);
+            }
+        }
+        if self.app.screenshot_saved() {
+            self.saved.store(true, Ordering::Release);
+        }
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        if self.persist {
+            self.app.save(storage);
+        }
+    }
+}

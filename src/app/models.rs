@@ -1,0 +1,266 @@
+//! The models the viewer can run: trained ones in `assets/models/`, the tiny reference ones in
+//! `../shared/reference/`, folders or files picked by the user, and the official releases in the
+//! Hugging Face cache. Each with its family, compression and whether it can run now.
+
+use std::path::{Path, PathBuf};
+
+use crate::hub::{CacheStatus, Hub};
+use crate::tokenizer::config::{self, Family};
+
+/// Where a model comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Trained,
+    Reference,
+    Picked,
+    HuggingFace,
+}
+
+impl Origin {
+    pub fn label(self) -> &'static str {
+        match self {
+            Origin::Trained => "assets/models",
+            Origin::Reference => "reference (tiny, random weights)",
+            Origin::Picked => "opened",
+            Origin::HuggingFace => "Hugging Face cache",
+        }
+    }
+}
+
+/// Whether a model can run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Availability {
+    /// Checkpoint files are on disk.
+    OnDisk,
+    /// Not runnable, and why (with what to do about it).
+    Unavailable(String),
+}
+
+/// One model in the catalogue.
+#[derive(Clone, Debug)]
+pub struct ModelEntry {
+    /// What the job runs: a folder or file path (the catalogue key).
+    pub key: String,
+    pub name: String,
+    pub origin: Origin,
+    pub family: Option<Family>,
+    pub spatial: usize,
+    pub temporal: usize,
+    pub availability: Availability,
+}
+
+impl ModelEntry {
+    /// Pixels per token position: spatial² × temporal.
+    pub fn compression(&self) -> usize {
+        self.spatial * self.spatial * self.temporal.max(1)
+    }
+
+    pub fn rate_label(&self) -> String {
+        if self.temporal > 1 {
+            format!("{}x{}x{}", self.temporal, self.spatial, self.spatial)
+        } else {
+            format!("{}x{}", self.spatial, self.spatial)
+        }
+    }
+
+    pub fn is_available(&self) -> bool {
+        self.availability == Availability::OnDisk
+    }
+}
+
+/// The repository root (for `assets/` and `../shared/`), from the current directory or the
+/// executable's build location.
+pub fn project_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if manifest.join("assets").is_dir() {
+        return manifest;
+    }
+    std::env::current_dir().unwrap_or(manifest)
+}
+
+/// Family and compression of a checkpoint folder: from a variant name in its path, else from
+/// its `config.json`.
+fn describe_folder(path: &Path) -> (Option<Family>, usize, usize) {
+    let text = path.display().to_string();
+    if let Some(v) = config::find_variant_in_text(&text) {
+        return (
+            Some(v.config.family),
+            v.config.spatial_compression,
+            v.config.temporal_compression,
+        );
+    }
+    let json = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.with_file_name("config.json")
+    };
+    if let Some(cfg) = std::fs::read_to_string(json)
+        .ok()
+        .and_then(|t| config::config_from_json(&t).ok())
+    {
+        return (
+            Some(cfg.family),
+            cfg.spatial_compression,
+            cfg.temporal_compression,
+        );
+    }
+    (None, 0, 0)
+}
+
+fn has_checkpoint(dir: &Path) -> bool {
+    [
+        "model.safetensors",
+        "encoder.jit",
+        "autoencoder.jit",
+        "diffusion_pytorch_model.safetensors",
+    ]
+    .iter()
+    .any(|f| dir.join(f).is_file())
+}
+
+/// Checkpoint folders directly under `dir`, sorted by name.
+fn folders_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = read
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && has_checkpoint(p))
+        .collect();
+    out.sort();
+    out
+}
+
+/// An entry for a folder or file on disk.
+pub fn entry_for_path(path: &Path, origin: Origin) -> ModelEntry {
+    let (family, spatial, temporal) = describe_folder(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    ModelEntry {
+        key: path.display().to_string(),
+        name,
+        origin,
+        family,
+        spatial,
+        temporal,
+        availability: if path.exists() {
+            Availability::OnDisk
+        } else {
+            Availability::Unavailable(format!("`{}` does not exist", path.display()))
+        },
+    }
+}
+
+/// Scans every source. `picked` are paths the user opened earlier this session.
+pub fn scan(root: &Path, picked: &[PathBuf], include_hub: bool) -> Vec<ModelEntry> {
+    let mut out = Vec::new();
+    for dir in folders_in(&root.join("assets/models")) {
+        out.push(entry_for_path(&dir, Origin::Trained));
+    }
+    for dir in folders_in(&root.join("../shared/reference")) {
+        let dir = dir.canonicalize().unwrap_or(dir);
+        out.push(entry_for_path(&dir, Origin::Reference));
+    }
+    for p in picked {
+        if !out.iter().any(|e| Path::new(&e.key) == p) {
+            out.push(entry_for_path(p, Origin::Picked));
+        }
+    }
+    if include_hub {
+        let hub = Hub::from_env();
+        for entry in hub.list() {
+            let variant = config::find_variant(entry.model.variant);
+            let (family, spatial, temporal) = variant
+                .map(|v| {
+                    (
+                        Some(v.config.family),
+                        v.config.spatial_compression,
+                        v.config.temporal_compression,
+                    )
+                })
+                .unwrap_or((None, 0, 0));
+            let (key, availability) = match &entry.status {
+                CacheStatus::Complete { snapshot, .. } => {
+                    (snapshot.display().to_string(), Availability::OnDisk)
+                }
+                CacheStatus::Partial { missing, .. } => (
+                    entry.model.repo.to_string(),
+                    Availability::Unavailable(format!(
+                        "partly in the Hugging Face cache (missing {}): run `tokenscope models fetch {}`",
+                        missing.join(", "),
+                        entry.model.short_name()
+                    )),
+                ),
+                CacheStatus::Absent => (
+                    entry.model.repo.to_string(),
+                    Availability::Unavailable(format!(
+                        "not in the Hugging Face cache: run `tokenscope models fetch {}`",
+                        entry.model.short_name()
+                    )),
+                ),
+            };
+            out.push(ModelEntry {
+                key,
+                name: entry.model.short_name().to_string(),
+                origin: Origin::HuggingFace,
+                family,
+                spatial,
+                temporal,
+                availability,
+            });
+        }
+    }
+    out
+}
+
+/// The default model: the first trained one, else a tiny reference video model.
+pub fn default_model(entries: &[ModelEntry]) -> Option<&ModelEntry> {
+    let available = || entries.iter().filter(|e| e.is_available());
+    available()
+        .find(|e| e.origin == Origin::Trained)
+        .or_else(|| available().find(|e| e.name == "DV8x8x8-tiny"))
+        .or_else(|| available().find(|e| e.name == "CV8x8x8-tiny"))
+        .or_else(|| available().next())
+}
+
+/// Finds an entry by key, by name, or by a path that canonicalises to the same folder.
+pub fn find<'a>(entries: &'a [ModelEntry], spec: &str) -> Option<&'a ModelEntry> {
+    let canonical = Path::new(spec).canonicalize().ok();
+    entries.iter().find(|e| {
+        e.key == spec
+            || e.name == spec
+            || canonical
+                .as_ref()
+                .is_some_and(|c| Path::new(&e.key).canonicalize().ok().as_ref() == Some(c))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_folders_are_listed_with_their_rates() {
+        let root = project_root();
+        if !root.join("../shared/reference").is_dir() {
+            eprintln!("skipping: no ../shared/reference");
+            return;
+        }
+        let entries = scan(&root, &[], false);
+        let dv = entries
+            .iter()
+            .find(|e| e.name == "DV8x8x8-tiny")
+            .expect("DV8x8x8-tiny listed");
+        assert_eq!(dv.family, Some(Family::DV));
+        assert_eq!((dv.spatial, dv.temporal), (8, 8));
+        assert_eq!(dv.compression(), 512);
+        assert!(dv.is_available());
+        assert_eq!(
+            default_model(&entries).map(|e| e.name.as_str()),
+            Some("DV8x8x8-tiny")
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! The Compression rates panel: every model grouped by family with its compression and whether
+//! it can run (and why not); one click switches; "compare all" and its table and
+//! rate–distortion chart.
+
+use egui::{Color32, RichText, Ui};
+use egui_plot::{Plot, PlotPoints, Points};
+
+use super::command::Command;
+use super::metrics_panel::series_color;
+use super::models::{Availability, ModelEntry};
+use super::ViewerApp;
+use crate::tokenizer::config::Family;
+
+fn family_title(family: Option<Family>) -> &'static str {
+    match family {
+        Some(Family::CI) => "CI · continuous image",
+        Some(Family::DI) => "DI · discrete image",
+        Some(Family::CV) => "CV · continuous video",
+        Some(Family::DV) => "DV · discrete video",
+        None => "unknown family",
+    }
+}
+
+fn status_ui(app: &ViewerApp, e: &ModelEntry, ui: &mut Ui) {
+    let running = app
+        .jobs
+        .running
+        .as_ref()
+        .is_some_and(|r| r.key.model == e.key);
+    let (text, color) = if running {
+        ("running", Color32::from_rgb(250, 200, 80))
+    } else if app.jobs.loaded.contains(&e.key) {
+        ("loaded", Color32::from_rgb(120, 210, 120))
+    } else if e.is_available() {
+        ("on disk", Color32::from_gray(170))
+    } else {
+        ("not available", Color32::from_rgb(200, 110, 110))
+    };
+    ui.label(RichText::new(text).small().color(color));
+}
+
+pub fn rates_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
+    ui.horizontal(|ui| {
+        ui.heading("Compression rates");
+    });
+    ui.horizontal(|ui| {
+        if ui.button("Open model…").clicked() {
+            out.push(Command::OpenModelDialog);
+        }
+        if ui.button("Rescan").clicked() {
+            out.push(Command::RescanModels);
+        }
+        if ui
+            .button("Compare all")
+            .on_hover_text("run every available model on this input and frame range")
+            .clicked()
+        {
+            out.push(Command::CompareAll);
+        }
+    });
+    let settings = app.settings();
+    let cached: Vec<_> = app
+        .clip
+        .as_ref()
+        .map(|c| app.jobs.cached_for(&c.source, &settings).cloned().collect())
+        .unwrap_or_default();
+    egui::ScrollArea::vertical()
+        .id_salt("rates list")
+        .max_height((ui.available_height() * 0.55).max(120.0))
+        .show(ui, |ui| {
+            for family in [
+                Some(Family::CV),
+                Some(Family::DV),
+                Some(Family::CI),
+                Some(Family::DI),
+                None,
+            ] {
+                let mut entries: Vec<&ModelEntry> =
+                    app.models.iter().filter(|e| e.family == family).collect();
+                if entries.is_empty() {
+                    continue;
+                }
+                entries.sort_by_key(|e| (e.compression(), !e.is_available(), e.name.clone()));
+                egui::CollapsingHeader::new(family_title(family))
+                    .default_open(true)
+                    .show(ui, |ui| {
+                        for e in entries {
+                            let selected = app.model.as_deref() == Some(e.key.as_str());
+                            let has_result = cached.iter().any(|a| a.key.model == e.key);
+                            ui.horizontal(|ui| {
+                                let mut label = format!(
+                                    "{} ({}, {}×)",
+                                    e.name,
+                                    e.rate_label(),
+                                    e.compression()
+                                );
+                                if has_result {
+                                    label.push_str(" · done");
+                                }
+                                let text = if e.is_available() {
+                                    RichText::new(label)
+                                } else {
+                                    RichText::new(label).weak()
+                                };
+                                let mut response = ui.selectable_label(selected, text);
+                                let why = match &e.availability {
+                                    Availability::OnDisk => {
+                                        format!("{} · {}", e.origin.label(), e.key)
+                                    }
+                                    Availability::Unavailable(why) => why.clone(),
+                                };
+                                response = response.on_hover_text(why);
+                                if response.clicked() && e.is_available() {
+                                    out.push(Command::SelectModel(e.key.clone()));
+                                }
+                                status_ui(app, e, ui);
+                            });
+                        }
+                    });
+            }
+        });
+    ui.separator();
+    if cached.is_empty() {
+        ui.weak("computed rates appear here");
+        return;
+    }
+    let mut rows = cached;
+    rows.sort_by(|a, b| a.bits_per_pixel.total_cmp(&b.bits_per_pixel));
+    egui::Grid::new("compare all grid")
+        .striped(true)
+        .num_columns(5)
+        .show(ui, |ui| {
+            for h in ["model", "PSNR", "SSIM", "bits/px", "ms/frame"] {
+                ui.strong(h);
+            }
+            ui.end_row();
+            for a in &rows {
+                if ui
+                    .selectable_label(
+                        app.current.as_ref().is_some_and(|c| c.key == a.key),
+                        RichText::new(&a.model.name).color(series_color(&a.model.name)),
+                    )
+                    .clicked()
+                {
+                    out.push(Command::SelectModel(a.key.model.clone()));
+                }
+                ui.monospace(format!("{:.2}", a.summary.psnr_clip));
+                ui.monospace(format!("{:.4}", a.summary.ssim_mean));
+                ui.monospace(format!("{:.4}", a.bits_per_pixel));
+                ui.monospace(format!(
+                    "{:.0}",
+                    a.encode_ms_per_frame + a.decode_ms_per_frame
+                ));
+                ui.end_row();
+            }
+        });
+    // No legend: the table above names the colours, and hovering a point names it too.
+    Plot::new("rate distortion")
+        .height(ui.available_height().clamp(100.0, 220.0))
+        .x_axis_label("bits per pixel")
+        .y_axis_label("clip PSNR (dB)")
+        .show(ui, |plot| {
+            for a in &rows {
+                plot.points(
+                    Points::new(
+                        a.model.name.clone(),
+                        PlotPoints::from(vec![[a.bits_per_pixel, a.summary.psnr_clip]]),
+                    )
+                    .radius(5.0)
+                    .color(series_color(&a.model.name)),
+                );
+            }
+        });
+}

@@ -1,0 +1,82 @@
+//! The status bar: device, dtype, encode/decode time per frame, model parameters, a warning when
+//! the input is smaller than the model's training resolution, and the running job with its ETA.
+
+use egui::{Color32, Ui};
+
+use super::command::Command;
+use super::ViewerApp;
+
+pub fn status_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
+    ui.horizontal(|ui| {
+        if let Some(r) = &app.jobs.running {
+            ui.spinner();
+            let eta = r
+                .eta_seconds()
+                .map(|s| format!(" · ETA {s:.0} s"))
+                .unwrap_or_default();
+            let name = std::path::Path::new(&r.key.model)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            ui.add(
+                egui::ProgressBar::new(r.fraction())
+                    .desired_width(140.0)
+                    .text(format!("{}/{}", r.done, r.total)),
+            );
+            ui.label(format!(
+                "{name}: {} · {:.1} s{eta}",
+                r.stage,
+                r.started.elapsed().as_secs_f64()
+            ));
+            if ui.small_button("Cancel (Esc)").clicked() {
+                out.push(Command::Cancel);
+            }
+            ui.separator();
+        } else if app.jobs.decoding.is_some() {
+            ui.spinner();
+            ui.label("decoding…");
+            ui.separator();
+        }
+        if let Some(a) = &app.current {
+            let m = &a.model;
+            ui.label(format!(
+                "{} · {} · {} ({}) · {:.2} M parameters · encode {:.0} ms/frame · decode {:.0} ms/frame",
+                m.device,
+                m.dtype,
+                m.name,
+                m.variant,
+                m.parameters as f64 / 1e6,
+                a.encode_ms_per_frame,
+                a.decode_ms_per_frame
+            ));
+            if let Some((w, h)) = app.image_size() {
+                if w.min(h) < m.training_shorter_side {
+                    ui.colored_label(
+                        Color32::from_rgb(240, 180, 60),
+                        format!(
+                            "warning: input {w}×{h} is below the model's training resolution ({}p)",
+                            m.training_shorter_side
+                        ),
+                    )
+                    .on_hover_text("the released tokenizers were trained on larger frames; expect lower quality on small inputs");
+                }
+            }
+        } else if let Some(n) = &app.notice {
+            ui.weak(n);
+        }
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            if ui.small_button("?").on_hover_text("keyboard shortcuts").clicked() {
+                out.push(Command::ToggleHelp);
+            }
+            if let Some(c) = &app.clip {
+                ui.weak(format!(
+                    "{} · {}×{} · {} frames",
+                    c.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    c.frames.width,
+                    c.frames.height,
+                    c.frames.frames
+                ));
+            }
+        });
+    });
+}

@@ -1,0 +1,378 @@
+//! The viewer, driven like a user would with egui_kittest (wgpu renderer, offscreen): open the
+//! demo clip, run a tiny reference model on a few frames, switch rates, scrub, change layouts,
+//! hover a token, export. Plus the `view --screenshot` path of the real binary.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use tokenscope::app::{Command, ExportKind, Layout, TokenView, ViewerApp, ViewerOptions};
+
+const FRAMES: usize = 9;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn reference(name: &str) -> Option<PathBuf> {
+    let dir = root().join("../shared/reference").join(name);
+    dir.is_dir().then(|| dir.canonicalize().unwrap_or(dir))
+}
+
+fn harness(model: &Path) -> Harness<'static, ViewerApp> {
+    let model = model.display().to_string();
+    Harness::builder()
+        .with_size(egui::vec2(1440.0, 900.0))
+        .wgpu()
+        .build_eframe(move |cc| {
+            ViewerApp::new(
+                &cc.egui_ctx,
+                cc.wgpu_render_state.as_ref(),
+                None,
+                ViewerOptions {
+                    file: Some(root().join("assets/demo.mp4")),
+                    model: Some(model),
+                    frames: Some(FRAMES),
+                    no_hub: true,
+                    ..Default::default()
+                },
+            )
+        })
+}
+
+/// Steps the app until `done` holds (the workers run in real time).
+fn step_until(h: &mut Harness<'_, ViewerApp>, what: &str, done: impl Fn(&ViewerApp) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !done(h.state()) {
+        assert!(
+            h.state().errors.is_empty(),
+            "{what}: the app reported {:?}",
+            h.state().errors
+        );
+        assert!(Instant::now() < deadline, "{what}: timed out");
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.step();
+}
+
+fn region_mean(image: &image::RgbaImage, x0: u32, y0: u32, x1: u32, y1: u32) -> [f64; 3] {
+    let mut sum = [0f64; 3];
+    let mut n = 0.0;
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let p = image.get_pixel(x, y);
+            for c in 0..3 {
+                sum[c] += f64::from(p[c]);
+            }
+            n += 1.0;
+        }
+    }
+    sum.map(|s| s / n)
+}
+
+#[test]
+fn viewer_runs_switches_scrubs_and_exports() {
+    let (Some(dv), Some(cv)) = (reference("DV8x8x8-tiny"), reference("CV8x8x8-tiny")) else {
+        eprintln!("SKIPPED: ../shared/reference tiny models are missing");
+        return;
+    };
+    let mut h = harness(&dv);
+    assert!(
+        h.state().has_gpu(),
+        "the compare callback needs the wgpu renderer"
+    );
+
+    // Open the demo clip and run the model on the first frames.
+    step_until(&mut h, "first run", |a| a.current.is_some());
+    let first = h.state().current.clone().unwrap();
+    assert_eq!(first.reconstruction.frames, FRAMES);
+    assert_eq!(first.summary.psnr_frames.len(), FRAMES);
+    assert!(first
+        .summary
+        .psnr_frames
+        .iter()
+        .all(|p| p.is_finite() && *p > 0.0));
+    assert!(first.summary.ssim_frames.iter().all(|s| s.is_finite()));
+    assert!(first.summary.psnr_clip.is_finite());
+    assert!(first.bits_per_pixel > 0.0);
+    let usage = first
+        .usage
+        .as_ref()
+        .expect("a discrete model has codebook usage");
+    assert!(usage.unique > 0 && usage.entropy_bits > 0.0);
+    // 9 frames in one 17-frame window, padded to 9 = 1 + 8: no temporal padding.
+    assert_eq!(first.windows.len(), 1);
+    assert!(h.query_all_by_label_contains("clip PSNR").count() > 0);
+
+    // Switch rate: runs; switching back is a cache hit (same analysis, no job).
+    h.state_mut()
+        .push(Command::SelectModel(cv.display().to_string()));
+    step_until(&mut h, "second rate", |a| {
+        a.current.as_ref().is_some_and(|c| !c.model.discrete)
+    });
+    h.state_mut()
+        .push(Command::SelectModel(dv.display().to_string()));
+    h.step();
+    let back = h
+        .state()
+        .current
+        .clone()
+        .expect("cached result shown at once");
+    assert!(
+        Arc::ptr_eq(&back, &first),
+        "switching back must reuse the cached analysis"
+    );
+    assert!(h.state().jobs.running.is_none(), "no job for a cached rate");
+
+    // Scrub: keys, buttons and the timeline.
+    h.key_press(egui::Key::ArrowRight);
+    h.step();
+    assert_eq!(h.state().frame, 1);
+    h.get_by_label("▶|").click();
+    h.step();
+    assert_eq!(h.state().frame, 2);
+    h.state_mut().push(Command::Seek(5));
+    h.step();
+    assert_eq!(h.state().frame, 5);
+
+    // Layouts: wipe by its button, flicker by key; holding X swaps in the original.
+    h.get_by_label("Wipe").click();
+    h.step();
+    assert_eq!(h.state().state.view.layout, Layout::Wipe);
+    h.key_press(egui::Key::Num4);
+    h.step();
+    assert_eq!(h.state().state.view.layout, Layout::Flicker);
+    h.run_steps(2);
+    let recon_img = h.render().expect("render");
+    h.key_down(egui::Key::X);
+    h.run_steps(2);
+    let original_img = h.render().expect("render");
+    h.key_up(egui::Key::X);
+    h.step();
+    // The centre of the pane differs: random-weight reconstructions look nothing like the clip.
+    let (w, hgt) = recon_img.dimensions();
+    let (cx, cy) = (w / 2, hgt * 2 / 5);
+    let a = region_mean(&recon_img, cx - 40, cy - 40, cx + 40, cy + 40);
+    let b = region_mean(&original_img, cx - 40, cy - 40, cx + 40, cy + 40);
+    let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum();
+    assert!(
+        diff > 3.0,
+        "flicker did not change the picture: {a:?} vs {b:?}"
+    );
+
+    // Wipe shares the flicker pane's geometry: left of the split is the original, right of it
+    // the reconstruction.
+    h.key_press(egui::Key::Num3);
+    h.run_steps(2);
+    let wipe_img = h.render().expect("render");
+    let (lx, rx) = (cx - 120, cx + 120);
+    let close =
+        |p: [f64; 3], q: [f64; 3]| p.iter().zip(&q).map(|(x, y)| (x - y).abs()).sum::<f64>() < 1.0;
+    assert!(close(
+        region_mean(&wipe_img, lx - 20, cy - 20, lx + 20, cy + 20),
+        region_mean(&original_img, lx - 20, cy - 20, lx + 20, cy + 20)
+    ));
+    assert!(close(
+        region_mean(&wipe_img, rx - 20, cy - 20, rx + 20, cy + 20),
+        region_mean(&recon_img, rx - 20, cy - 20, rx + 20, cy + 20)
+    ));
+
+    // Zoomed in 8x (flicker, original): image pixels become 8x8 blocks of one colour
+    // (nearest-neighbour sampling when magnified).
+    h.key_press(egui::Key::Num4);
+    h.state_mut().push(Command::SetTransform {
+        zoom: 8.0,
+        cx: 320.0,
+        cy: 176.0,
+    });
+    h.key_down(egui::Key::X);
+    h.run_steps(2);
+    let zoomed = h.render().expect("render");
+    h.key_up(egui::Key::X);
+    h.step();
+    let mut blocks_flat = 0;
+    let mut blocks = 0;
+    for by in 0..6u32 {
+        for bx in 0..6u32 {
+            // Sample inside blocks, away from their edges, wherever the grid falls.
+            let (x0, y0) = (cx - 48 + bx * 16, cy - 48 + by * 16);
+            let p = zoomed.get_pixel(x0, y0);
+            let q = zoomed.get_pixel(x0 + 1, y0 + 1);
+            let r = zoomed.get_pixel(x0 + 2, y0);
+            blocks += 1;
+            if p == q || q == r {
+                blocks_flat += 1;
+            }
+        }
+    }
+    assert!(
+        blocks_flat * 10 >= blocks * 8,
+        "magnified pixels are not flat blocks ({blocks_flat}/{blocks})"
+    );
+    h.state_mut().push(Command::ZoomFit);
+    h.step();
+
+    // Hover a token cell with the overlay on (3-up): the app resolves the cell and its index.
+    h.key_press(egui::Key::Num2);
+    let mut view = h.state().state.view.clone();
+    view.token_view = TokenView::Values;
+    h.state_mut().push(Command::SetView(Box::new(view)));
+    h.run_steps(2);
+    h.hover_at(egui::pos2(
+        w as f32 / 2.0 / h.ctx.pixels_per_point(),
+        hgt as f32 * 0.4 / h.ctx.pixels_per_point(),
+    ));
+    h.run_steps(2);
+    let hover = h.state().hover.expect("a pixel under the cursor");
+    let cell = hover.cell.expect("a token cell under the cursor");
+    assert!(hover.reconstruction.is_some());
+    assert!(h.state().token_texture_ready());
+    assert!(h.query_all_by_label_contains("digits").count() > 0);
+    // Clicking the cell highlights its index everywhere.
+    let at = egui::pos2(
+        w as f32 / 2.0 / h.ctx.pixels_per_point(),
+        hgt as f32 * 0.4 / h.ctx.pixels_per_point(),
+    );
+    for pressed in [true, false] {
+        h.event(egui::Event::PointerButton {
+            pos: at,
+            button: egui::PointerButton::Primary,
+            pressed,
+            modifiers: egui::Modifiers::NONE,
+        });
+        h.step();
+    }
+    h.step();
+    let selected = h
+        .state()
+        .selected_index
+        .expect("clicking a cell selects its index");
+    assert!((0..64000).contains(&selected));
+    let a = h.state().current.clone().unwrap();
+    let w0 = &a.windows[cell.0];
+    let (_, gh, gw) = w0.grid;
+    match &w0.values {
+        tokenscope::app::analysis::TokenValues::Discrete(v) => {
+            assert_eq!(v[(cell.1 * gh + cell.3) * gw + cell.2], selected)
+        }
+        _ => panic!("a discrete model has indices"),
+    }
+    assert!(h.query_all_by_label_contains("highlighted index").count() > 0);
+
+    // Exports: the composite PNG has three panes of the clip's size; the CSV one row per frame.
+    let dir = std::env::temp_dir().join(format!("tokenscope-ui-{}", std::process::id()));
+    let png = dir.join("composite.png");
+    let csv = dir.join("metrics.csv");
+    let json = dir.join("metrics.json");
+    h.state_mut()
+        .push(Command::Export(ExportKind::Png, Some(png.clone())));
+    h.state_mut()
+        .push(Command::Export(ExportKind::Csv, Some(csv.clone())));
+    h.state_mut()
+        .push(Command::Export(ExportKind::Json, Some(json.clone())));
+    h.step();
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let decoded = image::open(&png).expect("exported PNG decodes").to_rgb8();
+    assert_eq!(decoded.dimensions(), (640 * 3 + 8, 352));
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(rows.lines().count(), FRAMES + 1);
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(value["summary"]["frames"], FRAMES);
+    // The side-by-side MP4 is encoded on a thread; it decodes to the run's frames.
+    let mp4 = dir.join("side-by-side.mp4");
+    h.state_mut()
+        .push(Command::Export(ExportKind::Mp4, Some(mp4.clone())));
+    step_until(&mut h, "mp4 export", |a| {
+        a.last_export.as_deref() == Some(mp4.as_path())
+    });
+    let video = tokenscope::media::open(&mp4, &Default::default()).expect("exported MP4 decodes");
+    assert_eq!(video.frames.frames, FRAMES);
+    assert_eq!(video.frames.width, 2 * 640 + tokenscope::media::PANEL_GAP);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn help_overlay_lists_the_shortcuts() {
+    let Some(dv) = reference("DV8x8x8-tiny") else {
+        eprintln!("SKIPPED: ../shared/reference tiny models are missing");
+        return;
+    };
+    let mut h = harness(&dv);
+    h.step();
+    h.state_mut().push(Command::ToggleHelp);
+    h.run_steps(2);
+    h.get_by_label("Keyboard shortcuts");
+    h.get_by_label_contains("flicker: show the original");
+    h.state_mut().push(Command::Cancel);
+    h.step();
+}
+
+/// Many distinct colours: the window shows pictures, not a blank or single-colour surface.
+fn distinct_colours(path: &Path) -> usize {
+    let image = image::open(path).expect("screenshot decodes").to_rgb8();
+    let mut seen = std::collections::HashSet::new();
+    for p in image.pixels() {
+        seen.insert(p.0);
+    }
+    seen.len()
+}
+
+#[test]
+fn view_screenshot_renders_the_window() {
+    let Some(dv) = reference("DV8x8x8-tiny") else {
+        eprintln!("SKIPPED: ../shared/reference tiny models are missing");
+        return;
+    };
+    let out = std::env::temp_dir().join(format!("tokenscope-shot-{}.png", std::process::id()));
+    let bin = env!("CARGO_BIN_EXE_tokenscope");
+    let args = [
+        "view".to_string(),
+        root().join("assets/demo.mp4").display().to_string(),
+        "--model".into(),
+        dv.display().to_string(),
+        "--frames".into(),
+        FRAMES.to_string(),
+        "--frame".into(),
+        "4".into(),
+        "--screenshot".into(),
+        out.display().to_string(),
+    ];
+    let has_display =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    let mut command = if has_display {
+        std::process::Command::new(bin)
+    } else {
+        let found = std::process::Command::new("sh")
+            .args(["-c", "command -v xvfb-run"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            eprintln!("\n\n*** SKIPPED view --screenshot: no DISPLAY and no xvfb-run (apt-get install xvfb xauth) ***\n\n");
+            return;
+        }
+        let mut c = std::process::Command::new("xvfb-run");
+        c.args(["-a", "-s", "-screen 0 1600x1000x24", bin]);
+        c
+    };
+    let runtime = std::env::temp_dir().join(format!("tokenscope-xdg-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&runtime);
+    let status = command
+        .args(&args)
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .status()
+        .expect("run tokenscope view");
+    assert!(
+        status.success(),
+        "tokenscope view --screenshot failed: {status}"
+    );
+    let colours = distinct_colours(&out);
+    assert!(
+        colours > 2000,
+        "the screenshot looks blank: {colours} distinct colours"
+    );
+    let _ = std::fs::remove_file(&out);
+}
