@@ -8,7 +8,7 @@ struct Params {
     // View centre in image pixels (xy), zoom in points per image pixel (z), wipe split in pane
     // points (w).
     view: vec4<f32>,
-    // Image size (xy), gain (z), metric (w): 0 absolute, 1 squared, 2 luma.
+    // Image size (xy), gain (z), metric (w): 0 absolute, 1 squared, 2 luma, 3/4/5 red/green/blue.
     image: vec4<f32>,
     // Reconstruction present (x), colormap row (y), sRGB target (z).
     extra: vec4<f32>,
@@ -59,6 +59,15 @@ fn difference(a: vec3<f32>, b: vec3<f32>) -> f32 {
     }
     if (metric == 2) {
         return abs(luma(a) - luma(b));
+    }
+    if (metric == 3) {
+        return abs(d.x);
+    }
+    if (metric == 4) {
+        return abs(d.y);
+    }
+    if (metric == 5) {
+        return abs(d.z);
     }
     return dot(abs(d), vec3<f32>(1.0 / 3.0));
 }

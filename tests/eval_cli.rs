@@ -168,3 +168,27 @@ fn side_by_side_composite_is_written() {
     assert!(written.frames.height > source.frames.height);
     let _ = std::fs::remove_file(&out);
 }
+
+/// Without `--models`, eval takes the trained models in assets/models/; with none there, it says
+/// what to pass instead.
+#[test]
+fn eval_without_models_uses_the_shipped_ones_or_says_what_to_do() {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models");
+    if shipped.is_dir() {
+        eprintln!("assets/models exists: the no-models error path is not reachable here");
+        return;
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_tokenscope"))
+        .args([
+            "eval",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/assets/coffee.png"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("no --models given") && stderr.contains("assets/models"),
+        "{stderr}"
+    );
+}

@@ -83,6 +83,9 @@ pub fn diff_value(a: [u8; 3], b: [u8; 3], metric: DiffMetric) -> f32 {
         DiffMetric::Absolute => d.map(f32::abs).sum::<f32>() / 3.0,
         DiffMetric::Squared => d.map(|v| v * v).sum::<f32>() / 3.0,
         DiffMetric::Luma => (luma(a) - luma(b)).abs(),
+        DiffMetric::Red => d.take(1).map(f32::abs).sum::<f32>(),
+        DiffMetric::Green => d.skip(1).take(1).map(f32::abs).sum::<f32>(),
+        DiffMetric::Blue => d.skip(2).take(1).map(f32::abs).sum::<f32>(),
     }
 }
 
@@ -137,6 +140,10 @@ mod tests {
         assert!((diff_value(a, b, DiffMetric::Absolute) - 1.0 / 3.0).abs() < 1e-6);
         assert!((diff_value(a, b, DiffMetric::Squared) - 1.0 / 3.0).abs() < 1e-6);
         assert!((diff_value(a, b, DiffMetric::Luma) - 0.299).abs() < 1e-6);
+        let (c, e) = ([10u8, 20, 30], [10u8, 71, 30]);
+        assert_eq!(diff_value(c, e, DiffMetric::Red), 0.0);
+        assert!((diff_value(c, e, DiffMetric::Green) - 0.2).abs() < 1e-6);
+        assert_eq!(diff_value(c, e, DiffMetric::Blue), 0.0);
         assert_eq!(diff_value(a, a, DiffMetric::Absolute), 0.0);
         assert_ne!(categorical(1), categorical(2));
     }

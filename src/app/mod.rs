@@ -599,7 +599,8 @@ impl ViewerApp {
             self.play_clock = 0.0;
             return;
         }
-        let fps = clip.playback_fps().max(1.0);
+        let speed = self.state.view.speed.clamp(0.05, 16.0);
+        let fps = clip.playback_fps().max(1.0) * speed;
         self.play_clock += f64::from(ctx.input(|i| i.stable_dt).min(0.25));
         let steps = (self.play_clock * fps).floor();
         if steps >= 1.0 {

@@ -160,6 +160,19 @@ pub fn rates_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
         .x_axis_label("bits per pixel")
         .y_axis_label("clip PSNR (dB)")
         .show(ui, |plot| {
+            // NVIDIA's published TokenBench figures, for orientation (their clips, not yours).
+            for r in PUBLISHED_TOKENBENCH {
+                plot.points(
+                    Points::new(
+                        format!("{} {} · TokenBench (published)", r.name, r.compression),
+                        PlotPoints::from(vec![[r.bits_per_pixel(), r.psnr]]),
+                    )
+                    .shape(egui_plot::MarkerShape::Diamond)
+                    .filled(false)
+                    .radius(5.0)
+                    .color(Color32::GRAY),
+                );
+            }
             for a in &rows {
                 plot.points(
                     Points::new(
@@ -172,3 +185,71 @@ pub fn rates_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
             }
         });
 }
+
+/// One published TokenBench leaderboard row (NVlabs/TokenBench README).
+struct PublishedResult {
+    name: &'static str,
+    compression: &'static str,
+    discrete: bool,
+    /// Source pixels per token position: t·h·w.
+    pixels_per_token: usize,
+    psnr: f64,
+}
+
+impl PublishedResult {
+    /// As the table computes it: log2(64000) per discrete token, 16 bf16 channels (as NVIDIA
+    /// runs them) per continuous position.
+    fn bits_per_pixel(&self) -> f64 {
+        let per_token = if self.discrete {
+            (64_000f64).log2()
+        } else {
+            16.0 * 16.0
+        };
+        per_token / self.pixels_per_token as f64
+    }
+}
+
+const PUBLISHED_TOKENBENCH: [PublishedResult; 6] = [
+    PublishedResult {
+        name: "Cosmos-CV",
+        compression: "4x8x8",
+        discrete: false,
+        pixels_per_token: 4 * 8 * 8,
+        psnr: 37.270,
+    },
+    PublishedResult {
+        name: "Cosmos-CV",
+        compression: "8x8x8",
+        discrete: false,
+        pixels_per_token: 8 * 8 * 8,
+        psnr: 36.856,
+    },
+    PublishedResult {
+        name: "Cosmos-CV",
+        compression: "8x16x16",
+        discrete: false,
+        pixels_per_token: 8 * 16 * 16,
+        psnr: 35.158,
+    },
+    PublishedResult {
+        name: "Cosmos-DV",
+        compression: "4x8x8",
+        discrete: true,
+        pixels_per_token: 4 * 8 * 8,
+        psnr: 35.137,
+    },
+    PublishedResult {
+        name: "Cosmos-DV",
+        compression: "8x8x8",
+        discrete: true,
+        pixels_per_token: 8 * 8 * 8,
+        psnr: 34.746,
+    },
+    PublishedResult {
+        name: "Cosmos-DV",
+        compression: "8x16x16",
+        discrete: true,
+        pixels_per_token: 8 * 16 * 16,
+        psnr: 33.718,
+    },
+];

@@ -48,16 +48,30 @@ pub enum DiffMetric {
     Squared,
     /// |Y(a) − Y(b)| with BT.601 luma.
     Luma,
+    /// |a − b| of one channel: red, green or blue.
+    Red,
+    Green,
+    Blue,
 }
 
 impl DiffMetric {
-    pub const ALL: [DiffMetric; 3] = [DiffMetric::Absolute, DiffMetric::Squared, DiffMetric::Luma];
+    pub const ALL: [DiffMetric; 6] = [
+        DiffMetric::Absolute,
+        DiffMetric::Squared,
+        DiffMetric::Luma,
+        DiffMetric::Red,
+        DiffMetric::Green,
+        DiffMetric::Blue,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             DiffMetric::Absolute => "absolute",
             DiffMetric::Squared => "squared",
             DiffMetric::Luma => "luma",
+            DiffMetric::Red => "red channel",
+            DiffMetric::Green => "green channel",
+            DiffMetric::Blue => "blue channel",
         }
     }
 
@@ -67,6 +81,9 @@ impl DiffMetric {
             DiffMetric::Absolute => 0.0,
             DiffMetric::Squared => 1.0,
             DiffMetric::Luma => 2.0,
+            DiffMetric::Red => 3.0,
+            DiffMetric::Green => 4.0,
+            DiffMetric::Blue => 5.0,
         }
     }
 }
@@ -140,6 +157,8 @@ pub struct ViewSettings {
     pub latent_channel: usize,
     pub show_grid: bool,
     pub looping: bool,
+    /// Playback speed as a multiple of the source frame rate.
+    pub speed: f64,
     /// Frames the model runs on, from `start_frame`.
     pub frame_count: usize,
     pub start_frame: usize,
@@ -162,6 +181,7 @@ impl Default for ViewSettings {
             latent_channel: 0,
             show_grid: false,
             looping: true,
+            speed: 1.0,
             frame_count: 17,
             start_frame: 0,
             temporal_window: crate::tokenizer::runner::DEFAULT_TEMPORAL_WINDOW,

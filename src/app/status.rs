@@ -1,5 +1,6 @@
-//! The status bar: device, dtype, encode/decode time per frame, model parameters, a warning when
-//! the input is smaller than the model's training resolution, and the running job with its ETA.
+//! The status bar: device, dtype, encode/decode time per frame, model parameters, memory, a
+//! warning when the input is smaller than the model's training resolution, and the running job
+//! with its ETA.
 
 use egui::{Color32, Ui};
 
@@ -67,6 +68,17 @@ pub fn status_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
             if ui.small_button("?").on_hover_text("keyboard shortcuts").clicked() {
                 out.push(Command::ToggleHelp);
+            }
+            // Resident memory of the whole app (decoded clip, models, results), peak in brackets.
+            if let (Some(now), Some(peak)) = (
+                crate::cli::bench::rss_bytes(),
+                crate::cli::bench::peak_rss_bytes(),
+            ) {
+                ui.weak(format!(
+                    "memory {:.2} GB (peak {:.2})",
+                    now as f64 / 1e9,
+                    peak as f64 / 1e9
+                ));
             }
             if let Some(c) = &app.clip {
                 ui.weak(format!(

@@ -48,6 +48,16 @@ pub fn timeline_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
             out.push(Command::Seek(usize::MAX));
         }
         ui.checkbox(&mut view.looping, "loop (L)");
+        egui::ComboBox::from_id_salt("playback speed")
+            .width(56.0)
+            .selected_text(format!("{}x", view.speed))
+            .show_ui(ui, |ui| {
+                for speed in [0.125, 0.25, 0.5, 1.0, 2.0, 4.0] {
+                    ui.selectable_value(&mut view.speed, speed, format!("{speed}x"));
+                }
+            })
+            .response
+            .on_hover_text("playback speed");
         ui.separator();
         ui.monospace(format!(
             "frame {:>3} / {}   {:>6.2} s   {:.2} fps",

@@ -18,13 +18,14 @@ use crate::tokenizer::checkpoint::{self, LoadOptions};
 use crate::tokenizer::fsq::CODEBOOK_SIZE;
 use crate::tokenizer::runner::{self, RunOptions, RunResult};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
     /// Images or videos to evaluate.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-    /// Comma-separated checkpoints (folders, files, variant names or repo ids).
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Comma-separated checkpoints (folders, files, variant names or repo ids). Default: every
+    /// model Tokenscope trained and ships in `assets/models/`.
+    #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
     /// Use at most this many frames of each input.
     #[arg(long)]
@@ -361,7 +362,39 @@ fn write_csv(path: &Path, rows: &[EvalRow]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The trained models shipped in `assets/models/` (folders holding a config.json), sorted.
+fn shipped_models() -> Vec<String> {
+    let dir = crate::app::models::project_root().join("assets/models");
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("config.json").is_file())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    if args.models.is_empty() {
+        let shipped = shipped_models();
+        if shipped.is_empty() {
+            bail!(
+                "no --models given and no trained models in assets/models/; name some, e.g. \
+                 --models CV8x8x8,DV8x16x16 (fetched from the Hugging Face Hub) or a checkpoint folder"
+            );
+        }
+        eprintln!(
+            "models: Tokenscope's own trained models from assets/models/ (not NVIDIA's): {}",
+            shipped.join(", ")
+        );
+        let mut with_models = args.clone();
+        with_models.models = shipped;
+        return run(&with_models);
+    }
     for out in [&args.csv, &args.json].into_iter().flatten() {
         let inputs: Vec<&Path> = args.inputs.iter().map(PathBuf::as_path).collect();
         crate::io::ensure_not_input(out, &inputs)?;

@@ -1,6 +1,6 @@
 //! The command line: one file per subcommand. Errors are reported once, by `main`.
 
-mod bench;
+pub(crate) mod bench;
 mod eval;
 mod info;
 mod media_io;
