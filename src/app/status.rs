@@ -40,8 +40,12 @@ pub fn status_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
         }
         if let Some(a) = &app.current {
             let m = &a.model;
+            // Resident memory of the whole app (clip, models, results).
+            let memory = crate::cli::bench::rss_bytes()
+                .map(|b| format!(" · {:.2} GB", b as f64 / 1e9))
+                .unwrap_or_default();
             ui.label(format!(
-                "{} · {} · {} ({}) · {:.2} M parameters · encode {:.0} ms/frame · decode {:.0} ms/frame",
+                "{} · {} · {} ({}) · {:.2} M parameters · encode {:.0} ms/frame · decode {:.0} ms/frame{memory}",
                 m.device,
                 m.dtype,
                 m.name,
@@ -55,7 +59,7 @@ pub fn status_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
                     ui.colored_label(
                         Color32::from_rgb(240, 180, 60),
                         format!(
-                            "warning: input {w}×{h} is below the model's training resolution ({}p)",
+                            "input below training resolution ({}p)",
                             m.training_shorter_side
                         ),
                     )
@@ -68,17 +72,6 @@ pub fn status_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
             if ui.small_button("?").on_hover_text("keyboard shortcuts").clicked() {
                 out.push(Command::ToggleHelp);
-            }
-            // Resident memory of the whole app (decoded clip, models, results), peak in brackets.
-            if let (Some(now), Some(peak)) = (
-                crate::cli::bench::rss_bytes(),
-                crate::cli::bench::peak_rss_bytes(),
-            ) {
-                ui.weak(format!(
-                    "memory {:.2} GB (peak {:.2})",
-                    now as f64 / 1e9,
-                    peak as f64 / 1e9
-                ));
             }
             if let Some(c) = &app.clip {
                 ui.weak(format!(
