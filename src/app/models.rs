@@ -119,6 +119,11 @@ fn has_checkpoint(dir: &Path) -> bool {
 }
 
 /// Checkpoint folders directly under `dir`, sorted by name.
+/// The models Tokenscope trained and ships: checkpoint folders in `<root>/assets/models`, sorted.
+pub fn trained_models(root: &Path) -> Vec<PathBuf> {
+    folders_in(&root.join("assets/models"))
+}
+
 fn folders_in(dir: &Path) -> Vec<PathBuf> {
     let Ok(read) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -157,7 +162,7 @@ pub fn entry_for_path(path: &Path, origin: Origin) -> ModelEntry {
 /// Scans every source. `picked` are paths the user opened earlier this session.
 pub fn scan(root: &Path, picked: &[PathBuf], include_hub: bool) -> Vec<ModelEntry> {
     let mut out = Vec::new();
-    for dir in folders_in(&root.join("assets/models")) {
+    for dir in trained_models(root) {
         out.push(entry_for_path(&dir, Origin::Trained));
     }
     for dir in folders_in(&root.join("../shared/reference")) {

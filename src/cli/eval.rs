@@ -362,25 +362,13 @@ fn write_csv(path: &Path, rows: &[EvalRow]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The trained models shipped in `assets/models/` (folders holding a config.json), sorted.
-fn shipped_models() -> Vec<String> {
-    let dir = crate::app::models::project_root().join("assets/models");
-    let mut found: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.join("config.json").is_file())
-                .map(|p| p.display().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
-}
-
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     if args.models.is_empty() {
-        let shipped = shipped_models();
+        let root = crate::app::models::project_root();
+        let shipped: Vec<String> = crate::app::models::trained_models(&root)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         if shipped.is_empty() {
             bail!(
                 "no --models given and no trained models in assets/models/; name some, e.g. \

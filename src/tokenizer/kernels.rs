@@ -58,46 +58,20 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    if trainable_path_applies(x, weight, bias) {
-        let y = x.apply_op2(weight, TrainableConv2d { stride, padding })?;
-        return match bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
-            None => Ok(y),
-        };
+    if fast_path_applies(x, weight, bias) {
+        let g = Geom::conv(x.dims4()?, weight.dims4()?, stride, padding)?;
+        let out = run_conv(&g, x, weight, bias)?;
+        return Tensor::from_vec(out, (g.n, g.o, g.ho, g.wo), &Device::Cpu);
     }
-    if !fast_path_applies(x, weight, bias) {
-        let y = x.conv2d(weight, padding, stride, 1, 1)?;
-        return match bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
-            None => Ok(y),
-        };
-    }
-    let (n, c, h, w) = x.dims4()?;
-    let (o, wc, kh, kw) = weight.dims4()?;
-    if wc != c {
-        bail!("conv2d: weight expects {wc} input channels, x has {c}");
-    }
-    if stride == 0 {
-        bail!("conv2d: stride must be positive");
-    }
-    if h + 2 * padding < kh || w + 2 * padding < kw {
-        bail!("conv2d: kernel {kh}x{kw} is larger than the padded {h}x{w} input (pad {padding})");
-    }
-    let g = Geom {
-        n,
-        c,
-        h,
-        w,
-        o,
-        kh,
-        kw,
-        stride,
-        pad: padding,
-        ho: (h + 2 * padding - kh) / stride + 1,
-        wo: (w + 2 * padding - kw) / stride + 1,
+    let y = if trainable_path_applies(x, weight, bias) {
+        x.apply_op2(weight, TrainableConv2d { stride, padding })?
+    } else {
+        x.conv2d(weight, padding, stride, 1, 1)?
     };
-    let out = run_conv(&g, x, weight, bias)?;
-    Tensor::from_vec(out, (n, o, g.ho, g.wo), &Device::Cpu)
+    match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+        None => Ok(y),
+    }
 }
 
 /// 1x1 conv / pointwise linear map over channels: x (N, I, S) with S any flattened spatial
@@ -165,6 +139,39 @@ struct Geom {
     wo: usize,
 }
 
+impl Geom {
+    /// The geometry of a convolution of an (N, C, H, W) input with (O, C, kh, kw) weights.
+    fn conv(
+        (n, c, h, w): (usize, usize, usize, usize),
+        (o, wc, kh, kw): (usize, usize, usize, usize),
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self> {
+        if wc != c {
+            bail!("conv2d: weight expects {wc} input channels, x has {c}");
+        }
+        if stride == 0 {
+            bail!("conv2d: stride must be positive");
+        }
+        if h + 2 * pad < kh || w + 2 * pad < kw {
+            bail!("conv2d: kernel {kh}x{kw} is larger than the padded {h}x{w} input (pad {pad})");
+        }
+        Ok(Self {
+            n,
+            c,
+            h,
+            w,
+            o,
+            kh,
+            kw,
+            stride,
+            pad,
+            ho: (h + 2 * pad - kh) / stride + 1,
+            wo: (w + 2 * pad - kw) / stride + 1,
+        })
+    }
+}
+
 /// 16 floats on their own cache line, so that the two 8-lane loads of a packed input tile never
 /// straddle a line boundary (big allocations come back from malloc only 16-byte aligned).
 #[derive(Clone, Copy, Debug)]
@@ -176,13 +183,7 @@ fn f32_slice<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     let Storage::Cpu(cpu) = storage else {
         bail!("kernels: expected a cpu tensor")
     };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("kernels: expected a contiguous tensor")
-    };
-    match cpu.as_slice::<f32>()?.get(start..end) {
-        Some(s) => Ok(s),
-        None => bail!("kernels: tensor layout is out of its storage's bounds"),
-    }
+    contiguous_f32(cpu, layout)
 }
 
 fn run_conv(g: &Geom, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Vec<f32>> {
@@ -665,34 +666,17 @@ struct TrainableConv2d {
 
 impl TrainableConv2d {
     fn geom(&self, x: &Layout, w: &Layout) -> Result<Geom> {
-        let (n, c, h, wd) = x.shape().dims4()?;
-        let (o, wc, kh, kw) = w.shape().dims4()?;
-        if wc != c {
-            bail!("conv2d: weight expects {wc} input channels, x has {c}");
-        }
-        if self.stride == 0 || h + 2 * self.padding < kh || wd + 2 * self.padding < kw {
-            bail!(
-                "conv2d: kernel {kh}x{kw} stride {} does not fit the padded {h}x{wd} input",
-                self.stride
-            );
-        }
-        Ok(Geom {
-            n,
-            c,
-            h,
-            w: wd,
-            o,
-            kh,
-            kw,
-            stride: self.stride,
-            pad: self.padding,
-            ho: (h + 2 * self.padding - kh) / self.stride + 1,
-            wo: (wd + 2 * self.padding - kw) / self.stride + 1,
-        })
+        Geom::conv(
+            x.shape().dims4()?,
+            w.shape().dims4()?,
+            self.stride,
+            self.padding,
+        )
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+/// The contiguous f32 values of CPU storage under `layout`.
+pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let Some((start, end)) = layout.contiguous_offsets() else {
         bail!("kernels: expected a contiguous tensor")
     };

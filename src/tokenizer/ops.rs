@@ -4,6 +4,8 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::kernels;
+
 type Result<T> = candle_core::Result<T>;
 
 /// `swish(group_norm(x))` (or just the norm) over (N, C, ...) tensors, eps inside the square root,
@@ -136,16 +138,6 @@ struct GroupNormOp {
     then_swish: bool,
 }
 
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("group_norm: expected a contiguous tensor")
-    };
-    match storage.as_slice::<f32>()?.get(start..end) {
-        Some(s) => Ok(s),
-        None => candle_core::bail!("group_norm: layout out of its storage's bounds"),
-    }
-}
-
 /// Mean and 1/std of one group (biased variance, eps inside the root), in f64.
 fn group_statistics(values: &[f32], eps: f64) -> (f64, f64) {
     let len = values.len().max(1) as f64;
@@ -172,9 +164,21 @@ impl CustomOp3 for GroupNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = Tensor::from_slice(contiguous(s1, l1)?, l1.shape(), &candle_core::Device::Cpu)?;
-        let w = Tensor::from_slice(contiguous(s2, l2)?, l2.shape(), &candle_core::Device::Cpu)?;
-        let b = Tensor::from_slice(contiguous(s3, l3)?, l3.shape(), &candle_core::Device::Cpu)?;
+        let x = Tensor::from_slice(
+            kernels::contiguous_f32(s1, l1)?,
+            l1.shape(),
+            &candle_core::Device::Cpu,
+        )?;
+        let w = Tensor::from_slice(
+            kernels::contiguous_f32(s2, l2)?,
+            l2.shape(),
+            &candle_core::Device::Cpu,
+        )?;
+        let b = Tensor::from_slice(
+            kernels::contiguous_f32(s3, l3)?,
+            l3.shape(),
+            &candle_core::Device::Cpu,
+        )?;
         let y = group_norm_cpu(&x, self.groups, &w, &b, self.eps, self.then_swish)?;
         let values = y.flatten_all()?.to_vec1::<f32>()?;
         Ok((CpuStorage::F32(values), l1.shape().clone()))

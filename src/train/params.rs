@@ -174,13 +174,11 @@ impl Parameters {
             .next()
             .map(|v| v.device().clone())
             .unwrap_or(Device::Cpu);
-        let tensors: HashMap<String, Tensor> = self
+        let tensors = self
             .vars
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-        Ok(Tokenizer::new(config, HaarTaps::default(), true, true, vb)?)
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()));
+        tokenizer_from_tensors(config, tensors, &device)
     }
 
     /// Detached copies of the current values.
@@ -190,6 +188,18 @@ impl Parameters {
             .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().copy()?)))
             .collect()
     }
+}
+
+/// A runnable network from named weights: live variables (training) or the EMA copies
+/// (validation, export).
+pub fn tokenizer_from_tensors(
+    config: &NetworkConfig,
+    tensors: impl IntoIterator<Item = (String, Tensor)>,
+    device: &Device,
+) -> Result<Tokenizer> {
+    let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    Ok(Tokenizer::new(config, HaarTaps::default(), true, true, vb)?)
 }
 
 fn initial_values(

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -21,7 +20,6 @@ use super::vgg::Vgg19;
 use super::{card, Result, TrainError};
 use crate::io;
 use crate::metrics;
-use crate::tokenizer::model::HaarTaps;
 use crate::tokenizer::runner::{self, RgbFrames, RunOptions};
 use crate::tokenizer::{NetworkConfig, Tokenizer};
 
@@ -306,20 +304,6 @@ fn resume_run(
     })
 }
 
-/// A runnable network from named weights (the EMA weights for validation and export).
-pub fn tokenizer_from_weights(
-    config: &NetworkConfig,
-    weights: &std::collections::BTreeMap<String, Tensor>,
-    device: &Device,
-) -> Result<Tokenizer> {
-    let tensors: HashMap<String, Tensor> = weights
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-    Ok(Tokenizer::new(config, HaarTaps::default(), true, true, vb)?)
-}
-
 /// Frames per step: 1 for image networks and image steps, else 1 + k·t with k random.
 fn frames_for_step(config: &NetworkConfig, settings: &TrainSettings, rng: &mut StdRng) -> usize {
     if !config.family.is_video() {
@@ -554,7 +538,8 @@ pub fn train(
         let mut validation = None;
         let last = done == recipe.steps;
         if recipe.validate_every > 0 && (done % recipe.validate_every == 0 || last) {
-            let ema_model = tokenizer_from_weights(&config, &run.ema.weights, device)?;
+            let ema_weights = run.ema.weights.iter().map(|(k, v)| (k.clone(), v.clone()));
+            let ema_model = params::tokenizer_from_tensors(&config, ema_weights, device)?;
             let never = AtomicBool::new(false);
             if let Some((psnr, ssim)) = validate(&ema_model, &validation_windows, &never)? {
                 let point = ValidationPoint {

@@ -143,9 +143,18 @@ fn torchvision_index(index: usize) -> usize {
 
 /// Mean L1 distance between the feature maps of the input and the reconstruction.
 pub fn perceptual_loss(input: &[Tensor], reconstruction: &[Tensor]) -> Result<Tensor> {
+    summed_l1(input, reconstruction, |t| Ok(t.clone()))
+}
+
+/// Σ over feature levels of mean |f(input) − f(reconstruction)|; the input side is a constant.
+fn summed_l1(
+    input: &[Tensor],
+    reconstruction: &[Tensor],
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let mut total: Option<Tensor> = None;
     for (a, b) in input.iter().zip(reconstruction) {
-        let term = (a.detach() - b)?.abs()?.mean_all()?;
+        let term = (f(&a.detach())? - f(b)?)?.abs()?.mean_all()?;
         total = Some(match total {
             Some(t) => (t + term)?,
             None => term,
@@ -164,15 +173,7 @@ pub fn gram(features: &Tensor) -> Result<Tensor> {
 
 /// Mean L1 distance between the Gram matrices of the input's and the reconstruction's features.
 pub fn gram_loss(input: &[Tensor], reconstruction: &[Tensor]) -> Result<Tensor> {
-    let mut total: Option<Tensor> = None;
-    for (a, b) in input.iter().zip(reconstruction) {
-        let term = (gram(&a.detach())? - gram(b)?)?.abs()?.mean_all()?;
-        total = Some(match total {
-            Some(t) => (t + term)?,
-            None => term,
-        });
-    }
-    total.ok_or_else(|| TrainError::Invalid("no VGG features".into()))
+    summed_l1(input, reconstruction, gram)
 }
 
 #[cfg(test)]
