@@ -3,21 +3,15 @@
 //! Gram matrix. (The FSQ straight-through estimator is checked analytically in `fsq.rs`: by
 //! design its gradient is not the derivative of the rounded forward pass.)
 
+mod common;
+
 use candle_core::{Device, Tensor, Var};
 use tokenscope::tokenizer::{kernels, ops};
 use tokenscope::train::flow::{Flow, Warp};
 use tokenscope::train::vgg;
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    common::uniform_values(n, seed)
 }
 
 /// Compares d f / d x from autograd with central differences at a spread of elements.

@@ -3,6 +3,8 @@
 //! `cargo test --release --test kernels -- --ignored --nocapture bench_conv_shapes` prints a
 //! GFLOP/s table of candle vs the fast kernels for the tokenizer's layer shapes.
 
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -11,16 +13,7 @@ use tokenscope::tokenizer::kernels;
 /// Deterministic uniform values in [-1, 1).
 fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(common::uniform_values(n, seed), shape, &Device::Cpu).unwrap()
 }
 
 fn max_abs(t: &Tensor) -> f64 {

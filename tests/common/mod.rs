@@ -87,3 +87,16 @@ pub fn assert_exact_i64(what: &str, got: &Tensor, want: &Tensor) {
         w.len()
     );
 }
+
+/// Deterministic uniform values in [-1, 1) (xorshift), for synthetic inputs and weights.
+pub fn uniform_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
