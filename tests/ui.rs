@@ -1,6 +1,9 @@
 //! The viewer, driven like a user would with egui_kittest (wgpu renderer, offscreen): open the
 //! demo clip, run a tiny reference model on a few frames, switch rates, scrub, change layouts,
-//! hover a token, export. Plus the `view --screenshot` path of the real binary.
+//! hover a token, export; fetch an official model from a stand-in of the Hugging Face Hub. Plus
+//! the `view --screenshot` path of the real binary.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +25,16 @@ fn reference(name: &str) -> Option<PathBuf> {
 }
 
 fn harness(model: &Path) -> Harness<'static, ViewerApp> {
-    let model = model.display().to_string();
+    harness_with(ViewerOptions {
+        file: Some(root().join("assets/demo.mp4")),
+        model: Some(model.display().to_string()),
+        frames: Some(FRAMES),
+        no_hub: true,
+        ..Default::default()
+    })
+}
+
+fn harness_with(options: ViewerOptions) -> Harness<'static, ViewerApp> {
     Harness::builder()
         .with_size(egui::vec2(1440.0, 900.0))
         .wgpu()
@@ -31,13 +43,7 @@ fn harness(model: &Path) -> Harness<'static, ViewerApp> {
                 &cc.egui_ctx,
                 cc.wgpu_render_state.as_ref(),
                 None,
-                ViewerOptions {
-                    file: Some(root().join("assets/demo.mp4")),
-                    model: Some(model),
-                    frames: Some(FRAMES),
-                    no_hub: true,
-                    ..Default::default()
-                },
+                options.clone(),
             )
         })
 }
@@ -375,4 +381,107 @@ fn view_screenshot_renders_the_window() {
         "the screenshot looks blank: {colours} distinct colours"
     );
     let _ = std::fs::remove_file(&out);
+}
+
+/// The model manager downloads an official release by name from the Hub (a local stand-in serving
+/// the tiny DV8x8x8 reference files under NVIDIA's repo id) into the cache: progress shows, Cancel
+/// stops it and keeps what arrived, Fetch again resumes where it stopped, and the fetched model is
+/// selected and runs.
+#[test]
+fn model_manager_fetches_with_progress_cancel_and_resume() {
+    use common::fake_hub::{scratch, FakeHub};
+    const REPO: &str = "nvidia/Cosmos-0.1-Tokenizer-DV8x8x8";
+    if reference("DV8x8x8-tiny").is_none() {
+        eprintln!("skipping: no ../shared/reference");
+        return;
+    }
+    let server = FakeHub::start();
+    server.add_repo(
+        REPO,
+        "DV8x8x8-tiny",
+        &["encoder.jit", "decoder.jit", "config.json"],
+    );
+    // A slow link: 16 KiB every 25 ms, about 2.6 s for the encoder.
+    server
+        .state()
+        .throttle
+        .insert("encoder.jit".into(), Duration::from_millis(25));
+    let cache = scratch("ui-fetch");
+    let mut h = harness_with(ViewerOptions {
+        file: Some(root().join("assets/demo.mp4")),
+        model: reference("DV8x8x8-tiny").map(|p| p.display().to_string()),
+        frames: Some(FRAMES),
+        hub: Some(server.config(&cache)),
+        ..Default::default()
+    });
+    step_until(&mut h, "first run", |app| app.current.is_some());
+    let entry = |app: &ViewerApp| {
+        app.models
+            .iter()
+            .find(|e| e.hub.as_ref().is_some_and(|s| s.repo == REPO))
+            .cloned()
+            .expect("the official DV8x8x8 release is listed")
+    };
+    assert!(!entry(h.state()).is_available(), "nothing is cached yet");
+
+    h.state_mut().push(Command::FetchModel(REPO.into()));
+    step_until(&mut h, "download progress", |app| {
+        app.fetching.as_ref().is_some_and(|f| f.bytes > 100_000)
+    });
+    // The progress row names the file and counts megabytes.
+    h.get_by_label_contains("encoder.jit");
+    h.get_by_label("Cancel download").click();
+    step_until(&mut h, "cancel", |app| app.fetching.is_none());
+    let notice = h.state().notice.clone().unwrap_or_default();
+    assert!(notice.contains("cancelled"), "notice: {notice}");
+    assert!(!entry(h.state()).is_available());
+    let partial: u64 = walk_files(&cache)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "incomplete"))
+        .map(|p| p.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(
+        partial > 100_000,
+        "the partial download was kept ({partial} bytes)"
+    );
+
+    server.state().throttle.clear();
+    h.get_by_label("Fetch DV8x8x8").click();
+    step_until(&mut h, "fetch starts", |app| app.fetching.is_some());
+    step_until(&mut h, "fetch ends", |app| app.fetching.is_none());
+    let fetched = entry(h.state());
+    assert!(fetched.is_available(), "{:?}", fetched.availability);
+    assert_eq!(h.state().model.as_deref(), Some(fetched.key.as_str()));
+    let resumed = server.requests().into_iter().any(|r| {
+        r.host == "storage"
+            && r.path.ends_with("encoder.jit")
+            && r.headers.get("range").is_some_and(|v| v != "bytes=0-")
+    });
+    assert!(
+        resumed,
+        "the second fetch resumed the encoder with a Range request"
+    );
+    step_until(&mut h, "run the fetched model", |app| {
+        app.current
+            .as_ref()
+            .is_some_and(|a| a.key.model == fetched.key)
+    });
+    let psnr = h.state().current.as_ref().map(|a| a.summary.psnr_clip);
+    assert!(psnr.is_some_and(f64::is_finite), "PSNR {psnr:?}");
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -77,4 +77,8 @@ pub enum Command {
     /// Previous (-1) or next (+1) model in the catalogue.
     CycleModel(i32),
     RescanModels,
+    /// Download an official release (repo id) into the Hugging Face cache, then select it.
+    FetchModel(String),
+    /// Stop the download; what arrived is kept for the next fetch.
+    CancelFetch,
 }

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod colormap;
 pub mod command;
 mod compare;
+pub mod fetch;
 mod files;
 pub mod gpu;
 mod help;
@@ -31,10 +32,12 @@ use egui::{Key, Vec2};
 
 pub use self::analysis::{Analysis, JobKey, RunSettings};
 pub use self::command::{Command, ExportKind};
+use self::fetch::Fetch;
 use self::gpu::FramePair;
 use self::jobs::{Event, Jobs};
 use self::models::ModelEntry;
 pub use self::state::{AppState, Layout, TokenView, ViewSettings};
+use crate::hub::{Hub, HubConfig};
 use crate::media::Clip;
 
 /// How the viewer was started.
@@ -52,6 +55,8 @@ pub struct ViewerOptions {
     pub tokens: bool,
     /// Do not read the Hugging Face cache (tests, benchmarks).
     pub no_hub: bool,
+    /// The Hub and cache to use instead of the environment's (tests use a local stand-in).
+    pub hub: Option<HubConfig>,
     /// Models to run before `model`, so the plots compare rates from the start.
     pub also: Vec<String>,
 }
@@ -152,7 +157,12 @@ pub struct ViewerApp {
     /// Whether to run the model as soon as the clip is decoded.
     autorun: bool,
     pending_seek: Option<usize>,
-    include_hub: bool,
+    /// The official releases' source and cache (None: not listed).
+    hub: Option<Arc<Hub>>,
+    /// The download in flight, if any (one at a time).
+    pub fetching: Option<Fetch>,
+    /// Wakes the UI from a worker thread.
+    wake: Arc<dyn Fn() + Send + Sync>,
     /// Catalogue keys of `ViewerOptions::also`, queued once the clip is decoded.
     also: Vec<String>,
     /// Duration of the last `frame_ui` call, for the benchmark.
@@ -178,8 +188,10 @@ impl ViewerApp {
         let state: AppState = storage
             .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
             .unwrap_or_default();
-        let wake = ctx.clone();
-        let jobs = Jobs::new(Some(Box::new(move || wake.request_repaint())));
+        let repaint = ctx.clone();
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || repaint.request_repaint());
+        let jobs_wake = wake.clone();
+        let jobs = Jobs::new(Some(Box::new(move || jobs_wake())));
         let (dialog_tx, dialog_rx) = channel();
         let mut app = Self {
             state,
@@ -211,7 +223,13 @@ impl ViewerApp {
             last_export: None,
             autorun: true,
             pending_seek: options.frame,
-            include_hub: !options.no_hub,
+            hub: (!options.no_hub).then(|| {
+                Arc::new(Hub::new(
+                    options.hub.clone().unwrap_or_else(HubConfig::from_env),
+                ))
+            }),
+            fetching: None,
+            wake,
             also: Vec::new(),
             last_frame_ms: 0.0,
         };
@@ -272,7 +290,7 @@ impl ViewerApp {
         self.models = models::scan(
             &models::project_root(),
             &self.picked_models,
-            self.include_hub,
+            self.hub.as_deref(),
         );
     }
 
@@ -327,6 +345,7 @@ impl ViewerApp {
         let started = Instant::now();
         let ctx = ui.ctx().clone();
         self.handle_events();
+        self.poll_fetch();
         self.read_dialogs();
         self.shortcuts(&ctx);
         self.dropped_files(&ctx);
@@ -372,7 +391,7 @@ impl ViewerApp {
         self.commands.extend(out);
         self.apply_commands(&ctx);
         self.screenshot_step(&ctx);
-        if self.jobs.busy() || self.playing {
+        if self.jobs.busy() || self.playing || self.fetching.is_some() {
             ctx.request_repaint();
         }
         self.last_frame_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -446,6 +465,47 @@ impl ViewerApp {
                 },
                 Event::Progress { .. } | Event::Loaded(_) | Event::Unloaded(_) => {}
             }
+        }
+    }
+
+    /// Picks up the download's progress; when it ends, lists the model and selects it.
+    fn poll_fetch(&mut self) {
+        let Some(fetch) = self.fetching.as_mut() else {
+            return;
+        };
+        let Some(result) = fetch.poll() else {
+            return;
+        };
+        let name = fetch.name.clone();
+        let cancelled = fetch.is_cancelled();
+        self.fetching = None;
+        self.rescan_models();
+        match result {
+            Ok(done) => {
+                self.notice = Some(match &done.note {
+                    Some(note) => format!("{name}: {note}"),
+                    None => format!(
+                        "{name}: fetched {:.1} MB into {}",
+                        done.downloaded_bytes as f64 / 1e6,
+                        done.snapshot.display()
+                    ),
+                });
+                let key = models::find(&self.models, &done.snapshot.display().to_string())
+                    .map(|e| e.key.clone());
+                match key {
+                    Some(key) => self.commands.push(Command::SelectModel(key)),
+                    None => self.errors.push(format!(
+                        "{name}: fetched into {}, but the catalogue does not list it; press Rescan",
+                        done.snapshot.display()
+                    )),
+                }
+            }
+            Err(_) if cancelled => {
+                self.notice = Some(format!(
+                    "{name}: download cancelled; what arrived is kept and Fetch resumes it"
+                ));
+            }
+            Err(e) => self.errors.push(format!("{name}: {e}")),
         }
     }
 
@@ -883,6 +943,39 @@ impl ViewerApp {
                 }
             }
             Command::RescanModels => self.rescan_models(),
+            Command::FetchModel(repo) => self.start_fetch(&repo),
+            Command::CancelFetch => {
+                if let Some(fetch) = &self.fetching {
+                    fetch.cancel();
+                }
+            }
+        }
+    }
+
+    fn start_fetch(&mut self, repo: &str) {
+        if let Some(busy) = &self.fetching {
+            self.errors.push(format!(
+                "{} is still downloading; cancel it or wait before fetching {repo}",
+                busy.name
+            ));
+            return;
+        }
+        let Some(hub) = self.hub.clone() else {
+            self.errors
+                .push("the Hugging Face cache is off in this session (--no-hub)".into());
+            return;
+        };
+        let name = self
+            .models
+            .iter()
+            .find(|e| e.hub.as_ref().is_some_and(|h| h.repo == repo))
+            .map_or_else(|| repo.to_string(), |e| e.name.clone());
+        match Fetch::start(hub, repo, &name, self.wake.clone()) {
+            Ok(fetch) => {
+                self.notice = Some(format!("fetching {repo}…"));
+                self.fetching = Some(fetch);
+            }
+            Err(e) => self.errors.push(format!("{name}: {e}")),
         }
     }
 

@@ -47,6 +47,16 @@ pub struct ModelEntry {
     pub spatial: usize,
     pub temporal: usize,
     pub availability: Availability,
+    /// For official releases: the repo to fetch and how much it downloads.
+    pub hub: Option<HubSource>,
+}
+
+/// Where an official release comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubSource {
+    pub repo: String,
+    /// Approximate bytes a fetch downloads (`encoder.jit` + `decoder.jit`).
+    pub download_bytes: u64,
 }
 
 impl ModelEntry {
@@ -156,11 +166,13 @@ pub fn entry_for_path(path: &Path, origin: Origin) -> ModelEntry {
         } else {
             Availability::Unavailable(format!("`{}` does not exist", path.display()))
         },
+        hub: None,
     }
 }
 
-/// Scans every source. `picked` are paths the user opened earlier this session.
-pub fn scan(root: &Path, picked: &[PathBuf], include_hub: bool) -> Vec<ModelEntry> {
+/// Scans every source. `picked` are paths the user opened earlier this session; `hub` lists the
+/// official releases with their state in its cache.
+pub fn scan(root: &Path, picked: &[PathBuf], hub: Option<&Hub>) -> Vec<ModelEntry> {
     let mut out = Vec::new();
     for dir in trained_models(root) {
         out.push(entry_for_path(&dir, Origin::Trained));
@@ -174,8 +186,8 @@ pub fn scan(root: &Path, picked: &[PathBuf], include_hub: bool) -> Vec<ModelEntr
             out.push(entry_for_path(p, Origin::Picked));
         }
     }
-    if include_hub {
-        let hub = Hub::from_env();
+    if let Some(hub) = hub {
+        let offline = hub.config().offline;
         for entry in hub.list() {
             let variant = config::find_variant(entry.model.variant);
             let (family, spatial, temporal) = variant
@@ -187,6 +199,17 @@ pub fn scan(root: &Path, picked: &[PathBuf], include_hub: bool) -> Vec<ModelEntr
                     )
                 })
                 .unwrap_or((None, 0, 0));
+            let how_to_get = || {
+                if offline {
+                    hub.offline_help(entry.model.repo)
+                        .unwrap_or_else(|e| e.to_string())
+                } else {
+                    format!(
+                        "press Fetch (or run `tokenscope models fetch {}`)",
+                        entry.model.short_name()
+                    )
+                }
+            };
             let (key, availability) = match &entry.status {
                 CacheStatus::Complete { snapshot, .. } => {
                     (snapshot.display().to_string(), Availability::OnDisk)
@@ -194,16 +217,16 @@ pub fn scan(root: &Path, picked: &[PathBuf], include_hub: bool) -> Vec<ModelEntr
                 CacheStatus::Partial { missing, .. } => (
                     entry.model.repo.to_string(),
                     Availability::Unavailable(format!(
-                        "partly in the Hugging Face cache (missing {}): run `tokenscope models fetch {}`",
+                        "partly in the Hugging Face cache (missing {}): {}",
                         missing.join(", "),
-                        entry.model.short_name()
+                        how_to_get()
                     )),
                 ),
                 CacheStatus::Absent => (
                     entry.model.repo.to_string(),
                     Availability::Unavailable(format!(
-                        "not in the Hugging Face cache: run `tokenscope models fetch {}`",
-                        entry.model.short_name()
+                        "not in the Hugging Face cache: {}",
+                        how_to_get()
                     )),
                 ),
             };
@@ -215,6 +238,10 @@ pub fn scan(root: &Path, picked: &[PathBuf], include_hub: bool) -> Vec<ModelEntr
                 spatial,
                 temporal,
                 availability,
+                hub: Some(HubSource {
+                    repo: entry.model.repo.to_string(),
+                    download_bytes: entry.model.sizes.download(),
+                }),
             });
         }
     }
@@ -254,7 +281,7 @@ mod tests {
             eprintln!("skipping: no ../shared/reference");
             return;
         }
-        let entries = scan(&root, &[], false);
+        let entries = scan(&root, &[], None);
         let dv = entries
             .iter()
             .find(|e| e.name == "DV8x8x8-tiny")

@@ -33,10 +33,71 @@ fn status_ui(app: &ViewerApp, e: &ModelEntry, ui: &mut Ui) {
         ("loaded", Color32::from_rgb(120, 210, 120))
     } else if e.is_available() {
         ("on disk", Color32::from_gray(170))
+    } else if e.hub.is_some() {
+        ("not fetched", Color32::from_gray(140))
     } else {
         ("not available", Color32::from_rgb(200, 110, 110))
     };
     ui.label(RichText::new(text).small().color(color));
+}
+
+/// "Fetch" for an official release that is not in the cache yet (disabled while another
+/// download runs).
+fn fetch_button_ui(app: &ViewerApp, e: &ModelEntry, ui: &mut Ui, out: &mut Vec<Command>) {
+    let Some(hub) = &e.hub else {
+        return;
+    };
+    if e.is_available() || app.fetching.as_ref().is_some_and(|f| f.repo == hub.repo) {
+        return;
+    }
+    let idle = app.fetching.is_none();
+    let button = ui.add_enabled(idle, egui::Button::new("Fetch").small());
+    // Screen readers (and UI tests) need to know which model the button fetches.
+    let spoken = format!("Fetch {}", e.name);
+    button.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, idle, &spoken));
+    let button = button
+        .on_hover_text(format!(
+            "download {} (about {:.0} MB) into the Hugging Face cache",
+            hub.repo,
+            hub.download_bytes as f64 / 1e6
+        ))
+        .on_disabled_hover_text("another model is downloading");
+    if button.clicked() {
+        out.push(Command::FetchModel(hub.repo.clone()));
+    }
+}
+
+/// The progress bar and Cancel of the download of this entry, on its own row.
+fn fetch_progress_ui(app: &ViewerApp, e: &ModelEntry, ui: &mut Ui, out: &mut Vec<Command>) {
+    let (Some(hub), Some(fetch)) = (&e.hub, &app.fetching) else {
+        return;
+    };
+    if fetch.repo != hub.repo {
+        return;
+    }
+    let row = ui.horizontal(|ui| {
+        let bar = match fetch.fraction() {
+            Some(f) => egui::ProgressBar::new(f).show_percentage(),
+            None => egui::ProgressBar::new(0.0).animate(true),
+        };
+        ui.add(
+            bar.desired_width(ui.available_width() - 110.0)
+                .text(fetch.describe()),
+        );
+        let cancel = ui.add_enabled(
+            !fetch.is_cancelled(),
+            egui::Button::new("Cancel download").small(),
+        );
+        if cancel.clicked() {
+            out.push(Command::CancelFetch);
+        }
+    });
+    // Bring the progress into view once per download, wherever the list was scrolled.
+    let shown_id = egui::Id::unique("fetch progress shown");
+    if ui.data(|d| d.get_temp::<String>(shown_id)).as_deref() != Some(fetch.repo.as_str()) {
+        row.response.scroll_to_me(Some(egui::Align::Center));
+        ui.data_mut(|d| d.insert_temp(shown_id, fetch.repo.clone()));
+    }
 }
 
 pub fn rates_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
@@ -114,7 +175,9 @@ pub fn rates_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
                                     out.push(Command::SelectModel(e.key.clone()));
                                 }
                                 status_ui(app, e, ui);
+                                fetch_button_ui(app, e, ui, out);
                             });
+                            fetch_progress_ui(app, e, ui, out);
                         }
                     });
             }

@@ -46,6 +46,7 @@ impl ViewArgs {
             screenshot: self.screenshot.clone(),
             tokens: self.tokens,
             no_hub: false,
+            hub: None,
             also: self.also.clone(),
         }
     }
@@ -77,7 +78,7 @@ pub fn bench_ui(args: &BenchUiArgs) -> anyhow::Result<()> {
         frames: Some(args.frames),
         ..Default::default()
     };
-    let entries = app::models::scan(&app::models::project_root(), &[], false);
+    let entries = app::models::scan(&app::models::project_root(), &[], None);
     let other = app::models::find(&entries, &args.other)
         .map(|e| e.key.clone())
         .unwrap_or(args.other.clone());

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: where the reference fixtures live and how to compare.
 #![allow(dead_code)]
 
+pub mod fake_hub;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
