@@ -131,6 +131,23 @@ fn conv2d_matches_candle_f64() {
     }
 }
 
+/// Every micro-kernel this CPU has (AVX-512, AVX2, portable) gives the same convolution.
+#[test]
+fn every_cpu_kernel_matches_candle_f64() {
+    let available = kernels::CpuKernel::available();
+    println!("kernels on this CPU: {available:?}");
+    for kernel in available {
+        for (i, t) in CASES.iter().enumerate() {
+            let x = rand_tensor(&[t.n, t.c, t.h, t.w], 2 * i as u64 + 1);
+            let w = (rand_tensor(&[t.o, t.c, t.kh, t.kw], 2 * i as u64 + 2) * 0.2).unwrap();
+            let b = t.bias.then(|| rand_tensor(&[t.o], 1000 + i as u64));
+            let got = kernels::conv2d_using(kernel, &x, &w, b.as_ref(), t.stride, t.pad).unwrap();
+            let want = reference_conv(&x, &w, b.as_ref(), t.stride, t.pad);
+            assert_close(&got, &want, &format!("{kernel:?} case {i}"));
+        }
+    }
+}
+
 #[test]
 fn conv2d_accepts_non_contiguous_input() {
     // (N, C, W, H) transposed into an (N, C, H, W) view.

@@ -12,23 +12,25 @@
 //! The convolution is a GEMM `out[o, p] = sum_k w[o, k] * im2col[k, p]` with
 //! `k = (ci, dy, dx)` and `p` an output pixel, computed without materialising `im2col`:
 //!
-//! * The output is cut into micro-tiles of `NR = 6` output channels x `MR = 16` consecutive
-//!   output pixels of one row. The micro-kernel keeps such a tile in 12 AVX registers and, for
-//!   every `k`, does two 8-wide loads of input pixels, six broadcasts of weights and twelve FMAs
-//!   (on x86-64 with AVX2+FMA, detected at run time; a portable scalar kernel otherwise).
+//! * The output is cut into micro-tiles of `NR` output channels x `MR = 16` consecutive output
+//!   pixels of one row, held in registers for the whole reduction chunk. With AVX-512 (detected
+//!   at run time) NR = 24: 24 zmm accumulators, and for every `k` one 16-wide load of input
+//!   pixels feeds 24 broadcast FMAs. With AVX2+FMA NR = 6: 12 ymm accumulators, two 8-wide loads,
+//!   six broadcasts, twelve FMAs. A portable scalar kernel covers other CPUs.
 //! * The reduction is split into chunks of input channels (`KC_TARGET` values of `k` each).
 //!   For a chunk and a block of pixel tiles, the input pixels the block needs are packed into
 //!   an L2-resident buffer laid out `[tile][k][16]` (the implicit im2col: padding and stride are
 //!   resolved here, so the kernel only ever streams contiguous, 64-byte aligned data). The
-//!   weights are read in place from the `(O, I*kh*kw)` weight matrix: six rows, one per
-//!   channel of the tile, which stay in L1 while the kernel sweeps the block's tiles.
+//!   weights are packed once per call as `[channel tile][k][NR]`, so the kernel's inner loop
+//!   walks just two contiguous streams (a strided read of NR weight rows leaves the compiler
+//!   short of registers and it spills the accumulators).
 //! * The first chunk starts the accumulators from the bias (the bias costs nothing); later
 //!   chunks accumulate into the output.
 //! * Work is split over rayon into items (image, band of output rows or columns, range of
 //!   output channels), each owning disjoint `&mut` slices of the output, so the parallel code
 //!   is entirely safe Rust.
 //!
-//! The only `unsafe` is (a) the call into the AVX2 code after run-time feature detection and
+//! The only `unsafe` is (a) the calls into the AVX code after run-time feature detection and
 //! (b) the two unaligned vector load/store helpers of the micro-kernel, whose pointers come
 //! straight from references to 16-float arrays.
 use candle_core::{
@@ -38,16 +40,70 @@ use rayon::prelude::*;
 
 /// Output pixels per micro-tile: two 8-lane AVX vectors.
 const MR: usize = 16;
-/// Output channels per micro-tile: 6 x 2 = 12 accumulator registers.
-const NR: usize = 6;
-/// Target reduction depth (input channels x taps) per chunk. The six weight rows of a tile,
-/// 6 x 256 x 4 B = 6 KiB, stay in L1 while the kernel walks a block of tiles.
+/// Target reduction depth (input channels x taps) per chunk. The packed weights of a channel
+/// tile (NR x 256 x 4 B: 6 KiB for AVX2, 24 KiB for AVX-512) stay in L1 while the kernel walks a
+/// block of pixel tiles.
 const KC_TARGET: usize = 256;
 /// Floats in a packed input block (192 KiB), sized for a 512 KiB L2 next to the output tile
 /// rows and the weights.
 const A_BLOCK_FLOATS: usize = 48 * 1024;
 /// Aim for this many work items per rayon thread, for load balance on a busy machine.
 const ITEMS_PER_THREAD: usize = 4;
+
+/// The CPU micro-kernels, widest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuKernel {
+    /// x86-64 AVX-512F: 24 output channels x 16 pixels per tile.
+    Avx512,
+    /// x86-64 AVX2 + FMA: 6 output channels x 16 pixels per tile.
+    Avx2,
+    /// Plain Rust, any CPU.
+    Portable,
+}
+
+impl CpuKernel {
+    /// The kernels this CPU can run, widest first.
+    pub fn available() -> Vec<CpuKernel> {
+        let mut out = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                out.push(CpuKernel::Avx512);
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                out.push(CpuKernel::Avx2);
+            }
+        }
+        out.push(CpuKernel::Portable);
+        out
+    }
+
+    /// The widest kernel this CPU can run.
+    pub fn best() -> CpuKernel {
+        Self::available()
+            .first()
+            .copied()
+            .unwrap_or(CpuKernel::Portable)
+    }
+}
+
+/// [`conv2d`] of CPU f32 tensors on a chosen micro-kernel (to test and compare them); an error
+/// when this CPU cannot run it.
+pub fn conv2d_using(
+    kernel: CpuKernel,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if !CpuKernel::available().contains(&kernel) {
+        bail!("kernels: this CPU cannot run the {kernel:?} kernel");
+    }
+    let g = Geom::conv(x.dims4()?, weight.dims4()?, stride, padding)?;
+    let out = run_conv(kernel, &g, x, weight, bias)?;
+    Tensor::from_vec(out, (g.n, g.o, g.ho, g.wo), &Device::Cpu)
+}
 
 /// out = conv2d(x, weight) + bias, NCHW, weight (O, I, kh, kw), symmetric zero padding, same
 /// stride on both axes.
@@ -60,7 +116,7 @@ pub fn conv2d(
 ) -> Result<Tensor> {
     if fast_path_applies(x, weight, bias) {
         let g = Geom::conv(x.dims4()?, weight.dims4()?, stride, padding)?;
-        let out = run_conv(&g, x, weight, bias)?;
+        let out = run_conv(CpuKernel::best(), &g, x, weight, bias)?;
         return Tensor::from_vec(out, (g.n, g.o, g.ho, g.wo), &Device::Cpu);
     }
     let y = if trainable_path_applies(x, weight, bias) {
@@ -103,7 +159,7 @@ pub fn pointwise(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<T
         ho: 1,
         wo: s,
     };
-    let out = run_conv(&g, x, weight, bias)?;
+    let out = run_conv(CpuKernel::best(), &g, x, weight, bias)?;
     Tensor::from_vec(out, (n, o, s), &Device::Cpu)
 }
 
@@ -186,7 +242,13 @@ fn f32_slice<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     contiguous_f32(cpu, layout)
 }
 
-fn run_conv(g: &Geom, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Vec<f32>> {
+fn run_conv(
+    kernel: CpuKernel,
+    g: &Geom,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Vec<f32>> {
     if let Some(b) = bias {
         let bo = b.dims1()?;
         if bo != g.o {
@@ -203,9 +265,9 @@ fn run_conv(g: &Geom, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Res
     match &bias {
         Some(b) => {
             let (bs, bl) = b.storage_and_layout();
-            conv_f32(g, xs, ws, Some(f32_slice(&bs, bl)?))
+            conv_f32(kernel, g, xs, ws, Some(f32_slice(&bs, bl)?))
         }
-        None => conv_f32(g, xs, ws, None),
+        None => conv_f32(kernel, g, xs, ws, None),
     }
 }
 
@@ -214,19 +276,19 @@ fn oob() -> candle_core::Error {
 }
 
 /// Read-only state shared by all work items.
-struct Ctx<'a> {
+struct Ctx<'a, const NR: usize> {
     g: Geom,
     /// Input, NCHW.
     x: &'a [f32],
-    /// Weights as (O, K) rows, K = C * kh * kw in (ci, dy, dx) order.
-    w: &'a [f32],
-    bias: Option<&'a [f32]>,
+    /// Weights packed per channel tile, `[tile][k][NR]` with k = (ci, dy, dx): the kernel reads
+    /// one contiguous stream; rows past O are zeros.
+    w: Vec<[f32; NR]>,
+    /// Bias per channel tile (zeros past O, or everywhere without a bias).
+    bias: Vec<[f32; NR]>,
     /// Input-channel ranges of the reduction chunks.
     chunks: Vec<(usize, usize)>,
     /// Largest chunk, in values of k.
     kc_max: usize,
-    /// `kc_max` zeros: the weight rows of the channels past O in the last channel tile.
-    zeros: Vec<f32>,
     tiles_per_block: usize,
 }
 
@@ -243,9 +305,36 @@ struct Item<'a> {
     rows: Vec<&'a mut [f32]>,
 }
 
-fn conv_f32(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
-    let khkw = g.kh * g.kw;
-    let k_total = g.c * khkw;
+/// `(O, K)` weight rows → `[tile][k][NR]`, zero-filled past O.
+fn pack_weights<const NR: usize>(w: &[f32], o: usize, k_total: usize) -> Vec<[f32; NR]> {
+    let tiles = o.div_ceil(NR);
+    let mut packed = vec![[0f32; NR]; tiles * k_total];
+    for (tile, dst) in packed.chunks_mut(k_total.max(1)).enumerate() {
+        for (j, row) in w
+            .chunks_exact(k_total.max(1))
+            .skip(tile * NR)
+            .take(NR)
+            .enumerate()
+        {
+            for (d, &v) in dst.iter_mut().zip(row) {
+                if let Some(slot) = d.get_mut(j) {
+                    *slot = v;
+                }
+            }
+        }
+    }
+    packed
+}
+
+/// The convolution on `kernel`, which the caller has checked this CPU can run.
+fn conv_f32(
+    kernel: CpuKernel,
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>> {
+    let k_total = g.c * g.kh * g.kw;
     if x.len() != g.n * g.c * g.h * g.w || w.len() != g.o * k_total {
         bail!("kernels: tensor sizes do not match the convolution geometry");
     }
@@ -262,6 +351,55 @@ fn conv_f32(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Result<Vec<
         }
         return Ok(out);
     }
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        CpuKernel::Avx512 => {
+            conv_with::<{ avx512::NR }, _>(g, x, w, bias, &mut out, |ctx, item| {
+                // SAFETY: `run_item_avx512` only requires the avx512f target feature; callers
+                // pass this kernel only when `CpuKernel::available` detected it at run time.
+                unsafe { run_item_avx512(ctx, item) }
+            })?
+        }
+        #[cfg(target_arch = "x86_64")]
+        CpuKernel::Avx2 => conv_with::<{ avx2::NR }, _>(g, x, w, bias, &mut out, |ctx, item| {
+            // SAFETY: `run_item_avx2` only requires the avx2 and fma target features; callers
+            // pass this kernel only when `CpuKernel::available` detected them at run time.
+            unsafe { run_item_avx2(ctx, item) }
+        })?,
+        #[cfg(not(target_arch = "x86_64"))]
+        CpuKernel::Avx512 | CpuKernel::Avx2 => {
+            bail!("kernels: the {kernel:?} kernel needs an x86-64 CPU")
+        }
+        CpuKernel::Portable => {
+            let fma = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
+            conv_with::<PORTABLE_NR, _>(g, x, w, bias, &mut out, |ctx, item| {
+                if fma {
+                    run_item(ctx, item, kernel_portable::<true, PORTABLE_NR>)
+                } else {
+                    run_item(ctx, item, kernel_portable::<false, PORTABLE_NR>)
+                }
+            })?
+        }
+    }
+    Ok(out)
+}
+
+/// Splits the convolution into work items over disjoint pieces of `out` and runs them on rayon
+/// with `run` (a micro-kernel with NR output channels per tile).
+fn conv_with<const NR: usize, R>(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    run: R,
+) -> Result<()>
+where
+    R: Fn(&Ctx<NR>, Item) -> Result<()> + Sync,
+{
+    let khkw = g.kh * g.kw;
+    let k_total = g.c * khkw;
+    let plane = g.ho * g.wo;
     let n_chunks = k_total.div_ceil(KC_TARGET);
     let cb = g.c.div_ceil(n_chunks);
     let chunks: Vec<(usize, usize)> = (0..g.c)
@@ -271,7 +409,7 @@ fn conv_f32(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Result<Vec<
     let kc_max = cb * khkw;
     let tiles_per_block = (A_BLOCK_FLOATS / (kc_max * MR)).max(1);
 
-    let (ranges, o_parts) = partition(g, tiles_per_block);
+    let (ranges, o_parts) = partition(g, tiles_per_block, NR);
     let n_op = o_parts.len();
     let mut items: Vec<Item> = Vec::with_capacity(g.n * ranges.len() * n_op);
     for (n, img) in out.chunks_mut(g.o * plane).enumerate() {
@@ -304,59 +442,44 @@ fn conv_f32(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Result<Vec<
             }
         }
     }
+    let mut bias_tiles = vec![[0f32; NR]; g.o.div_ceil(NR)];
+    if let Some(b) = bias {
+        for (bt, bc) in bias_tiles.iter_mut().zip(b.chunks(NR)) {
+            for (d, &v) in bt.iter_mut().zip(bc) {
+                *d = v;
+            }
+        }
+    }
     let ctx = Ctx {
         g: *g,
         x,
-        w,
-        bias,
+        w: pack_weights::<NR>(w, g.o, k_total),
+        bias: bias_tiles,
         chunks,
         kc_max,
-        zeros: vec![0.0; kc_max],
         tiles_per_block,
     };
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return items
-                .into_par_iter()
-                .try_for_each(|item| {
-                    // SAFETY: `run_item_avx2` only requires the avx2 and fma target features,
-                    // whose presence was checked at run time just above.
-                    unsafe { run_item_avx2(&ctx, item) }
-                })
-                .map(|()| out);
-        }
-    }
-    let fma = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
-    items
-        .into_par_iter()
-        .try_for_each(|item| {
-            if fma {
-                run_item(&ctx, item, kernel_portable::<true>)
-            } else {
-                run_item(&ctx, item, kernel_portable::<false>)
-            }
-        })
-        .map(|()| out)
+    items.into_par_iter().try_for_each(|item| run(&ctx, item))
 }
 
 /// Splits the work for one image into pixel ranges `(y0, y1, x0, x1)` -- each a contiguous
-/// piece of an output plane -- and output-channel tile ranges `(ot0, ot1)`.
+/// piece of an output plane -- and output-channel tile ranges `(ot0, ot1)` of `nr` channels.
 #[allow(clippy::type_complexity)]
 fn partition(
     g: &Geom,
     tiles_per_block: usize,
+    nr: usize,
 ) -> (Vec<(usize, usize, usize, usize)>, Vec<(usize, usize)>) {
     let threads = rayon::current_num_threads().max(1);
     let target = ITEMS_PER_THREAD * threads;
     let tiles_per_row = g.wo.div_ceil(MR);
     let total_tiles = g.ho * tiles_per_row;
-    let n_ot = g.o.div_ceil(NR);
-    // A pixel part should span at least two packed blocks and a channel part at least 24
-    // channel tiles, so that packing stays cheap relative to the arithmetic. Splitting pixels is
+    let n_ot = g.o.div_ceil(nr);
+    // A pixel part should span at least two packed blocks and a channel part at least 144
+    // channels, so that packing stays cheap relative to the arithmetic. Splitting pixels is
     // preferred (channel parts re-pack the same input).
     let max_pp = (total_tiles / (2 * tiles_per_block)).max(1);
-    let max_op = (n_ot / 24).max(1);
+    let max_op = (g.o / 144).max(1).min(n_ot);
     // Prefer an item count that is a multiple of the thread count, then one close to the
     // target, then fewer channel parts.
     let (pp, op) = (1..=max_pp)
@@ -391,16 +514,22 @@ fn partition(
 }
 
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn run_item_avx512(ctx: &Ctx<{ avx512::NR }>, item: Item) -> Result<()> {
+    run_item(ctx, item, |a, b, acc| avx512::kernel(a, b, acc))
+}
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn run_item_avx2(ctx: &Ctx, item: Item) -> Result<()> {
+fn run_item_avx2(ctx: &Ctx<{ avx2::NR }>, item: Item) -> Result<()> {
     run_item(ctx, item, |a, b, acc| avx2::kernel(a, b, acc))
 }
 
 /// Computes one work item: for each reduction chunk, for each block of pixel tiles, pack the
 /// block's input and run the micro-kernel over all (channel tile, pixel tile) pairs.
 #[inline(always)]
-fn run_item<K: Fn(&[Lane16], [&[f32]; NR], &mut [Lane16; NR])>(
-    ctx: &Ctx,
+fn run_item<const NR: usize, K: Fn(&[Lane16], &[[f32; NR]], &mut [Lane16; NR])>(
+    ctx: &Ctx<NR>,
     item: Item,
     kern: K,
 ) -> Result<()> {
@@ -421,27 +550,15 @@ fn run_item<K: Fn(&[Lane16], [&[f32]; NR], &mut [Lane16; NR])>(
         .flat_map(|y| (x0..x1).step_by(MR).map(move |x| (y, x)))
         .collect();
     let mut a_buf = vec![Lane16([0.0; MR]); ctx.tiles_per_block * ctx.kc_max];
-    let mut bias_tiles = vec![[0f32; NR]; g.o.div_ceil(NR)];
-    if let Some(b) = ctx.bias {
-        for (bt, bc) in bias_tiles.iter_mut().zip(b.chunks(NR)) {
-            for (d, &v) in bt.iter_mut().zip(bc) {
-                *d = v;
-            }
-        }
-    }
     for &(c0, c1) in &ctx.chunks {
         let kc = (c1 - c0) * khkw;
         let first = c0 == 0;
-        let zeros = ctx.zeros.get(..kc).ok_or_else(oob)?;
         for block in tiles.chunks(ctx.tiles_per_block) {
             pack_block(g, ctx.x, n, block, c0, c1, &mut a_buf)?;
-            let tile_weights = ctx.w.chunks(k_total * NR).skip(ot0);
-            let tile_bias = bias_tiles.iter().skip(ot0);
+            let tile_weights = ctx.w.chunks_exact(k_total).skip(ot0);
+            let tile_bias = ctx.bias.iter().skip(ot0);
             for ((wt, orows), bias_tile) in tile_weights.zip(rows.chunks_mut(NR)).zip(tile_bias) {
-                let mut b = [zeros; NR];
-                for (bj, wrow) in b.iter_mut().zip(wt.chunks_exact(k_total)) {
-                    *bj = wrow.get(c0 * khkw..c1 * khkw).ok_or_else(oob)?;
-                }
+                let b = wt.get(c0 * khkw..c1 * khkw).ok_or_else(oob)?;
                 for (&(y, xt), a) in block.iter().zip(a_buf.chunks_exact(kc)) {
                     let off = y * g.wo + xt - p_start;
                     let valid = MR.min(x1 - xt);
@@ -472,12 +589,18 @@ fn run_item<K: Fn(&[Lane16], [&[f32]; NR], &mut [Lane16; NR])>(
     Ok(())
 }
 
+/// Output channels per tile of the portable micro-kernel.
+const PORTABLE_NR: usize = 6;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Lane16, MR, NR};
+    use super::{Lane16, MR};
     use std::arch::x86_64::{
         __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_storeu_ps,
     };
+
+    /// Output channels per tile: 6 x 2 = 12 of the 16 ymm registers hold the accumulators.
+    pub const NR: usize = 6;
 
     /// Loads lanes `8*H .. 8*H + 8` of a 16-float tile.
     #[target_feature(enable = "avx")]
@@ -499,61 +622,122 @@ mod avx2 {
         unsafe { _mm256_storeu_ps(v.0.as_mut_ptr().wrapping_add(8 * H), x) }
     }
 
-    /// `acc[j][i] += sum_k b[j][k] * a[k][i]` with the 6 x 16 accumulator tile in 12 registers.
+    /// `acc[j][i] += sum_k b[k][j] * a[k][i]`, the 6 x 16 accumulator tile in 12 registers.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    pub(super) fn kernel(a: &[Lane16], b: [&[f32]; NR], acc: &mut [Lane16; NR]) {
-        const { assert!(NR == 6) };
-        let [r0, r1, r2, r3, r4, r5] = acc;
-        let (mut c00, mut c01) = (load::<0>(r0), load::<1>(r0));
-        let (mut c10, mut c11) = (load::<0>(r1), load::<1>(r1));
-        let (mut c20, mut c21) = (load::<0>(r2), load::<1>(r2));
-        let (mut c30, mut c31) = (load::<0>(r3), load::<1>(r3));
-        let (mut c40, mut c41) = (load::<0>(r4), load::<1>(r4));
-        let (mut c50, mut c51) = (load::<0>(r5), load::<1>(r5));
-        let [b0, b1, b2, b3, b4, b5] = b;
-        let steps = a.iter().zip(b0).zip(b1).zip(b2).zip(b3).zip(b4).zip(b5);
-        for ((((((av, &w0), &w1), &w2), &w3), &w4), &w5) in steps {
-            let (x0, x1) = (load::<0>(av), load::<1>(av));
-            let w = _mm256_set1_ps(w0);
-            c00 = _mm256_fmadd_ps(w, x0, c00);
-            c01 = _mm256_fmadd_ps(w, x1, c01);
-            let w = _mm256_set1_ps(w1);
-            c10 = _mm256_fmadd_ps(w, x0, c10);
-            c11 = _mm256_fmadd_ps(w, x1, c11);
-            let w = _mm256_set1_ps(w2);
-            c20 = _mm256_fmadd_ps(w, x0, c20);
-            c21 = _mm256_fmadd_ps(w, x1, c21);
-            let w = _mm256_set1_ps(w3);
-            c30 = _mm256_fmadd_ps(w, x0, c30);
-            c31 = _mm256_fmadd_ps(w, x1, c31);
-            let w = _mm256_set1_ps(w4);
-            c40 = _mm256_fmadd_ps(w, x0, c40);
-            c41 = _mm256_fmadd_ps(w, x1, c41);
-            let w = _mm256_set1_ps(w5);
-            c50 = _mm256_fmadd_ps(w, x0, c50);
-            c51 = _mm256_fmadd_ps(w, x1, c51);
+    pub(super) fn kernel(a: &[Lane16], b: &[[f32; NR]], acc: &mut [Lane16; NR]) {
+        // One named variable per accumulator half (see the AVX-512 kernel).
+        macro_rules! tile {
+            ($(($r:ident, $lo:ident, $hi:ident, $w:ident)),+) => {{
+                let [$($r),+] = acc;
+                $(let (mut $lo, mut $hi) = (load::<0>($r), load::<1>($r));)+
+                for (av, bv) in a.iter().zip(b) {
+                    let (x0, x1) = (load::<0>(av), load::<1>(av));
+                    let [$($w),+] = *bv;
+                    $(
+                        let w = _mm256_set1_ps($w);
+                        $lo = _mm256_fmadd_ps(w, x0, $lo);
+                        $hi = _mm256_fmadd_ps(w, x1, $hi);
+                    )+
+                }
+                $(store::<0>($r, $lo); store::<1>($r, $hi);)+
+            }};
         }
-        store::<0>(r0, c00);
-        store::<1>(r0, c01);
-        store::<0>(r1, c10);
-        store::<1>(r1, c11);
-        store::<0>(r2, c20);
-        store::<1>(r2, c21);
-        store::<0>(r3, c30);
-        store::<1>(r3, c31);
-        store::<0>(r4, c40);
-        store::<1>(r4, c41);
-        store::<0>(r5, c50);
-        store::<1>(r5, c51);
+        tile!(
+            (r0, c0, d0, w0),
+            (r1, c1, d1, w1),
+            (r2, c2, d2, w2),
+            (r3, c3, d3, w3),
+            (r4, c4, d4, w4),
+            (r5, c5, d5, w5)
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Lane16, MR};
+    use std::arch::x86_64::{
+        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_storeu_ps,
+    };
+
+    /// Output channels per tile: 24 of the 32 zmm registers hold the accumulators, so each
+    /// packed input vector feeds 24 FMAs.
+    pub const NR: usize = 24;
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn load(v: &Lane16) -> __m512 {
+        const { assert!(MR == 16) };
+        // SAFETY: `v` refers to 16 initialised floats; `loadu` has no alignment requirement.
+        unsafe { _mm512_loadu_ps(v.0.as_ptr()) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn store(v: &mut Lane16, x: __m512) {
+        const { assert!(MR == 16) };
+        // SAFETY: `v` is an exclusive reference to 16 floats; `storeu` has no alignment
+        // requirement.
+        unsafe { _mm512_storeu_ps(v.0.as_mut_ptr(), x) }
+    }
+
+    /// `acc[j][i] += sum_k b[k][j] * a[k][i]`, the 24 x 16 accumulator tile in 24 registers.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) fn kernel(a: &[Lane16], b: &[[f32; NR]], acc: &mut [Lane16; NR]) {
+        // One named variable per accumulator: with an array LLVM keeps spilling some of them
+        // to the stack inside the loop.
+        macro_rules! tile {
+            ($(($r:ident, $c:ident, $w:ident)),+) => {{
+                let [$($r),+] = acc;
+                $(let mut $c = load($r);)+
+                for (av, bv) in a.iter().zip(b) {
+                    let x = load(av);
+                    let [$($w),+] = *bv;
+                    $($c = _mm512_fmadd_ps(_mm512_set1_ps($w), x, $c);)+
+                }
+                $(store($r, $c);)+
+            }};
+        }
+        tile!(
+            (r0, c0, w0),
+            (r1, c1, w1),
+            (r2, c2, w2),
+            (r3, c3, w3),
+            (r4, c4, w4),
+            (r5, c5, w5),
+            (r6, c6, w6),
+            (r7, c7, w7),
+            (r8, c8, w8),
+            (r9, c9, w9),
+            (r10, c10, w10),
+            (r11, c11, w11),
+            (r12, c12, w12),
+            (r13, c13, w13),
+            (r14, c14, w14),
+            (r15, c15, w15),
+            (r16, c16, w16),
+            (r17, c17, w17),
+            (r18, c18, w18),
+            (r19, c19, w19),
+            (r20, c20, w20),
+            (r21, c21, w21),
+            (r22, c22, w22),
+            (r23, c23, w23)
+        );
     }
 }
 
 /// Portable micro-kernel, used where AVX2/FMA is unavailable: same contract as `avx2::kernel`.
 #[inline(always)]
-fn kernel_portable<const FMA: bool>(a: &[Lane16], b: [&[f32]; NR], acc: &mut [Lane16; NR]) {
-    for (accr, brow) in acc.iter_mut().zip(b) {
-        for (av, &wv) in a.iter().zip(brow) {
+fn kernel_portable<const FMA: bool, const NR: usize>(
+    a: &[Lane16],
+    b: &[[f32; NR]],
+    acc: &mut [Lane16; NR],
+) {
+    for (av, bv) in a.iter().zip(b) {
+        for (accr, &wv) in acc.iter_mut().zip(bv) {
             for (e, &xv) in accr.0.iter_mut().zip(av.0.iter()) {
                 *e = if FMA {
                     wv.mul_add(xv, *e)
@@ -704,7 +888,13 @@ impl CustomOp2 for TrainableConv2d {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.geom(l1, l2)?;
-        let out = conv_f32(&g, contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?, None)?;
+        let out = conv_f32(
+            CpuKernel::best(),
+            &g,
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            None,
+        )?;
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.ho, g.wo))))
     }
 
@@ -793,7 +983,7 @@ fn input_gradient(g: &Geom, grad: &[f32], w: &[f32]) -> Result<Vec<f32>> {
         ho: g.h,
         wo: g.w,
     };
-    conv_f32(&back, &canvas, &flipped, None)
+    conv_f32(CpuKernel::best(), &back, &canvas, &flipped, None)
 }
 
 /// dL/dW of a convolution, given dL/dy (N, O, Ho, Wo) and the input (N, C, H, W).
