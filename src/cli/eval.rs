@@ -264,7 +264,11 @@ fn table_cells(row: &EvalRow) -> Vec<String> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        row.model.clone(),
+        // A checkpoint path is long: its folder (or file) name says which model it is.
+        Path::new(&row.model)
+            .file_name()
+            .filter(|_| Path::new(&row.model).exists())
+            .map_or_else(|| row.model.clone(), |n| n.to_string_lossy().into_owned()),
         row.family.clone(),
         row.compression.clone(),
         format!(
