@@ -489,3 +489,58 @@ fn bench_conv_shapes() {
         );
     }
 }
+
+/// The in-place causal temporal convolution equals replicate-padding frame 0, stacking the
+/// shifted frames and multiplying (computed here in f64 with candle), for both strides, batches
+/// and clips shorter than the padding.
+#[test]
+fn causal_temporal_conv_matches_padded_reference() {
+    #[rustfmt::skip]
+    let cases: &[(usize, usize, usize, usize, usize, usize)] = &[
+        // (batch, frames, channels, pixels, out channels, stride) with kernel 3
+        (1, 5, 16, 64, 24, 1),
+        (2, 9, 8, 40, 30, 1),
+        (1, 1, 4, 20, 6, 1),
+        (1, 2, 4, 20, 6, 1),
+        (1, 9, 16, 33, 16, 2),
+        (3, 5, 6, 17, 10, 2),
+        (1, 2, 5, 16, 7, 2),
+    ];
+    let kernel = 3;
+    for (i, &(b, t, c, s, o, stride)) in cases.iter().enumerate() {
+        let x = rand_tensor(&[b, t, c, s], 70 + i as u64);
+        let w = (rand_tensor(&[o, kernel * c], 80 + i as u64) * 0.2).unwrap();
+        let bias = rand_tensor(&[o], 90 + i as u64);
+        let got = kernels::causal_temporal_conv(&x, &w, Some(&bias), kernel, stride)
+            .unwrap()
+            .expect("CPU f32 takes the fast path");
+        let pad = kernel - stride;
+        let out_t = (t + pad - kernel) / stride + 1;
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        let w64 = w.to_dtype(DType::F64).unwrap();
+        let b64 = bias.to_dtype(DType::F64).unwrap().reshape((o, 1)).unwrap();
+        let mut batches = Vec::new();
+        for bi in 0..b {
+            let mut frames = Vec::new();
+            for ti in 0..out_t {
+                let taps: Vec<Tensor> = (0..kernel)
+                    .map(|tap| {
+                        let src = (stride * ti + tap).saturating_sub(pad);
+                        x64.get(bi).unwrap().get(src).unwrap()
+                    })
+                    .collect();
+                let stacked = Tensor::cat(&taps, 0).unwrap();
+                frames.push(w64.matmul(&stacked).unwrap().broadcast_add(&b64).unwrap());
+            }
+            batches.push(Tensor::stack(&frames, 0).unwrap());
+        }
+        let want = Tensor::stack(&batches, 0).unwrap();
+        assert_eq!(got.dims(), want.dims(), "case {i}");
+        assert_close(&got, &want, &format!("temporal case {i}"));
+    }
+    // One frame cannot be strided by 2 with a kernel of 3 (PyTorch refuses it too).
+    let x = rand_tensor(&[1, 1, 4, 16], 1);
+    let w = rand_tensor(&[4, 12], 2);
+    let err = kernels::causal_temporal_conv(&x, &w, None, 3, 2).unwrap_err();
+    assert!(err.to_string().contains("fewer than the kernel"), "{err}");
+}

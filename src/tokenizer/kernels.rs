@@ -146,22 +146,87 @@ pub fn pointwise(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<T
     if wi != i {
         bail!("pointwise: weight expects {wi} input channels, x has {i}");
     }
-    // A 1x1 convolution over a 1 x S image.
-    let g = Geom {
-        n,
-        c: i,
-        h: 1,
-        w: s,
-        o,
-        kh: 1,
-        kw: 1,
-        stride: 1,
-        pad: 0,
-        ho: 1,
-        wo: s,
-    };
+    let g = Geom::pointwise(n, i, s, o, i * s);
     let out = run_conv(CpuKernel::best(), &g, x, weight, bias)?;
     Tensor::from_vec(out, (n, o, s), &Device::Cpu)
+}
+
+/// The causal temporal convolution of frame-major video: x (B, T, C, S) with S the flattened
+/// pixels, weight (O, k·C) tap-major (column block `j` multiplies padded frame `stride·t + j`),
+/// frame 0 replicated `k − stride` times in front → (B, T', O, S). `None` when the fast path does
+/// not apply (the caller then stacks the taps with tensor ops).
+///
+/// No copy of the input is made: output frame `t` reads the `k` consecutive frames from
+/// `stride·t − pad` on, which in the contiguous frame-major layout are one block of `k·C`
+/// channel rows, so each output frame is a 1x1 convolution over an "image" that overlaps its
+/// neighbours. Only the first frames, which read the replicated frame 0, get a small stacked
+/// input of their own.
+pub fn causal_temporal_conv(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    kernel: usize,
+    stride: usize,
+) -> Result<Option<Tensor>> {
+    if !fast_path_applies(x, weight, bias) {
+        return Ok(None);
+    }
+    let (b, t, c, pixels) = x.dims4()?;
+    let (o, kc) = weight.dims2()?;
+    if kc != kernel * c || stride == 0 || kernel < stride {
+        bail!(
+            "temporal conv: weight (O, {kc}) does not fit kernel {kernel}, stride {stride} and {c} channels"
+        );
+    }
+    let pad = kernel - stride;
+    if t + pad < kernel {
+        bail!("temporal conv: {t} frames are fewer than the kernel's {kernel}");
+    }
+    let out_t = (t + pad - kernel) / stride + 1;
+    // Output frames before `head` read the replicated frame 0.
+    let head = pad.div_ceil(stride).min(out_t);
+    let frame = c * pixels;
+    let isa = CpuKernel::best();
+    let x = x.contiguous()?;
+    let weight = weight.contiguous()?;
+    let bias = bias.map(Tensor::contiguous).transpose()?;
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = weight.storage_and_layout();
+    let xs = f32_slice(&xs, xl)?;
+    let ws = f32_slice(&ws, wl)?;
+    let bias_guard = bias.as_ref().map(Tensor::storage_and_layout);
+    let bs = match &bias_guard {
+        Some((bs, bl)) => Some(f32_slice(bs, bl)?),
+        None => None,
+    };
+    let mut out = vec![0f32; b * out_t * o * pixels];
+    for (bi, out_b) in out.chunks_mut(out_t * o * pixels).enumerate() {
+        let xb = xs
+            .get(bi * t * frame..(bi + 1) * t * frame)
+            .ok_or_else(oob)?;
+        let (out_head, out_tail) = out_b
+            .split_at_mut_checked(head * o * pixels)
+            .ok_or_else(oob)?;
+        if head > 0 {
+            let mut stacked = Vec::with_capacity(head * kernel * frame);
+            for ti in 0..head {
+                for tap in 0..kernel {
+                    let src = (stride * ti + tap).saturating_sub(pad);
+                    stacked
+                        .extend_from_slice(xb.get(src * frame..(src + 1) * frame).ok_or_else(oob)?);
+                }
+            }
+            let g = Geom::pointwise(head, kc, pixels, o, kernel * frame);
+            conv_into(isa, &g, &stacked, ws, bs, out_head)?;
+        }
+        if out_t > head {
+            let first = stride * head - pad;
+            let g = Geom::pointwise(out_t - head, kc, pixels, o, stride * frame);
+            let window = xb.get(first * frame..).ok_or_else(oob)?;
+            conv_into(isa, &g, window, ws, bs, out_tail)?;
+        }
+    }
+    Tensor::from_vec(out, (b, out_t, o, pixels), &Device::Cpu).map(Some)
 }
 
 /// The fast path handles CPU f32 tensors outside of any autograd graph.
@@ -194,9 +259,31 @@ struct Geom {
     pad: usize,
     ho: usize,
     wo: usize,
+    /// Elements from the start of one input image to the next: `c * h * w` for a batch, less
+    /// when consecutive images overlap (the temporal convolution's windows of frames).
+    image_stride: usize,
 }
 
 impl Geom {
+    /// A 1x1 convolution over `n` images of `c` channels of 1 x `s` pixels, `image_stride`
+    /// elements apart.
+    fn pointwise(n: usize, c: usize, s: usize, o: usize, image_stride: usize) -> Self {
+        Self {
+            n,
+            c,
+            h: 1,
+            w: s,
+            o,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            pad: 0,
+            ho: 1,
+            wo: s,
+            image_stride,
+        }
+    }
+
     /// The geometry of a convolution of an (N, C, H, W) input with (O, C, kh, kw) weights.
     fn conv(
         (n, c, h, w): (usize, usize, usize, usize),
@@ -225,6 +312,7 @@ impl Geom {
             pad,
             ho: (h + 2 * pad - kh) / stride + 1,
             wo: (w + 2 * pad - kw) / stride + 1,
+            image_stride: c * h * w,
         })
     }
 }
@@ -335,34 +423,54 @@ fn conv_f32(
     w: &[f32],
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; g.n * g.o * g.ho * g.wo];
+    conv_into(kernel, g, x, w, bias, &mut out)?;
+    Ok(out)
+}
+
+/// [`conv_f32`] into `out` (N, O, Ho, Wo), which it overwrites.
+fn conv_into(
+    kernel: CpuKernel,
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<()> {
     let k_total = g.c * g.kh * g.kw;
-    if x.len() != g.n * g.c * g.h * g.w || w.len() != g.o * k_total {
+    let last_image_end = g.n.saturating_sub(1) * g.image_stride + g.c * g.h * g.w;
+    if x.len() < last_image_end || w.len() != g.o * k_total {
         bail!("kernels: tensor sizes do not match the convolution geometry");
     }
     let plane = g.ho * g.wo;
-    let mut out = vec![0f32; g.n * g.o * plane];
+    if out.len() != g.n * g.o * plane {
+        bail!("kernels: the output buffer does not match the convolution geometry");
+    }
     if out.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
     if k_total == 0 {
-        if let Some(b) = bias {
-            for (o_plane, &bv) in out.chunks_mut(plane).zip(b.iter().cycle()) {
-                o_plane.fill(bv);
+        match bias {
+            Some(b) => {
+                for (o_plane, &bv) in out.chunks_mut(plane).zip(b.iter().cycle()) {
+                    o_plane.fill(bv);
+                }
             }
+            None => out.fill(0.0),
         }
-        return Ok(out);
+        return Ok(());
     }
     match kernel {
         #[cfg(target_arch = "x86_64")]
         CpuKernel::Avx512 => {
-            conv_with::<{ avx512::NR }, _>(g, x, w, bias, &mut out, |ctx, item| {
+            conv_with::<{ avx512::NR }, _>(g, x, w, bias, out, |ctx, item| {
                 // SAFETY: `run_item_avx512` only requires the avx512f target feature; callers
                 // pass this kernel only when `CpuKernel::available` detected it at run time.
                 unsafe { run_item_avx512(ctx, item) }
             })?
         }
         #[cfg(target_arch = "x86_64")]
-        CpuKernel::Avx2 => conv_with::<{ avx2::NR }, _>(g, x, w, bias, &mut out, |ctx, item| {
+        CpuKernel::Avx2 => conv_with::<{ avx2::NR }, _>(g, x, w, bias, out, |ctx, item| {
             // SAFETY: `run_item_avx2` only requires the avx2 and fma target features; callers
             // pass this kernel only when `CpuKernel::available` detected them at run time.
             unsafe { run_item_avx2(ctx, item) }
@@ -373,7 +481,7 @@ fn conv_f32(
         }
         CpuKernel::Portable => {
             let fma = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
-            conv_with::<PORTABLE_NR, _>(g, x, w, bias, &mut out, |ctx, item| {
+            conv_with::<PORTABLE_NR, _>(g, x, w, bias, out, |ctx, item| {
                 if fma {
                     run_item(ctx, item, kernel_portable::<true, PORTABLE_NR>)
                 } else {
@@ -382,7 +490,7 @@ fn conv_f32(
             })?
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Splits the convolution into work items over disjoint pieces of `out` and runs them on rayon
@@ -776,7 +884,7 @@ fn pack_block(
         let seg = block.get(start..start + run).ok_or_else(oob)?;
         let a_seg = a.get_mut(start * kc..(start + run) * kc).ok_or_else(oob)?;
         for ci in c0..c1 {
-            let plane_base = (n * g.c + ci) * plane;
+            let plane_base = n * g.image_stride + ci * plane;
             for dy in 0..g.kh {
                 let yi = (yo * s + dy) as isize - pad;
                 let row = if yi >= 0 && (yi as usize) < g.h {
@@ -983,6 +1091,7 @@ fn input_gradient(g: &Geom, grad: &[f32], w: &[f32]) -> Result<Vec<f32>> {
         pad: 0,
         ho: g.h,
         wo: g.w,
+        image_stride: g.o * ch * cw,
     };
     conv_f32(CpuKernel::best(), &back, &canvas, &flipped, None)
 }

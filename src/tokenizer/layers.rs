@@ -132,8 +132,9 @@ impl Pointwise {
 /// The temporal (3,1,1) half of a causal 3-D convolution, with time stride 1 or 2.
 ///
 /// Causal padding replicates frame 0 `time_pad = (k − 1) + (1 − stride)` times in front; output
-/// frame `t` is `Σ_k W_k · x_pad[stride·t + k]`, computed as one matrix product of the
-/// (O, k·I) weight with the channel-stacked shifted frames.
+/// frame `t` is `Σ_k W_k · x_pad[stride·t + k]`, one matrix product of the (O, k·I) weight with
+/// the channel-stacked shifted frames. On the CPU in f32 the kernel reads the stacked frames in
+/// place (see [`kernels::causal_temporal_conv`]); elsewhere they are stacked with tensor ops.
 #[derive(Clone, Debug)]
 pub struct TemporalConv {
     /// (O, k·I): tap-major so that column block `k` multiplies frame `stride·t + k`.
@@ -170,6 +171,17 @@ impl TemporalConv {
     /// Frame-major (B, T, C, H, W) → (B, T', O, H, W) with T' = ⌊(T + pad − k)/stride⌋ + 1.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
+        let o = self.weight.dims().first().copied().unwrap_or(0);
+        if let Some(y) = kernels::causal_temporal_conv(
+            &x.reshape((b, t, c, h * w))?,
+            &self.weight,
+            Some(&self.bias),
+            self.kernel,
+            self.stride,
+        )? {
+            let out_t = y.dim(1)?;
+            return y.reshape((b, out_t, o, h, w));
+        }
         // (k − 1) + (1 − stride), as the official CausalConv3d.
         let time_pad = self.kernel.saturating_sub(self.stride);
         let padded = replicate_first_frame(x, time_pad)?;
@@ -182,7 +194,6 @@ impl TemporalConv {
         // (B, T', k·C, H·W): tap-major channel stacking.
         let stacked = Tensor::cat(&taps, 2)?.reshape((b * out_t, self.kernel * c, h * w))?;
         let y = kernels::pointwise(&stacked, &self.weight, Some(&self.bias))?;
-        let o = self.weight.dims().first().copied().unwrap_or(0);
         y.reshape((b, out_t, o, h, w))
     }
 }
