@@ -446,7 +446,7 @@ fn model_manager_fetches_with_progress_cancel_and_resume() {
     );
 
     server.state().throttle.clear();
-    h.get_by_label("Fetch DV8x8x8").click();
+    h.get_by_label("Fetch DV8x8x8 · 0.1").click();
     step_until(&mut h, "fetch starts", |app| app.fetching.is_some());
     step_until(&mut h, "fetch ends", |app| app.fetching.is_none());
     let fetched = entry(h.state());

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::hub::{CacheStatus, Hub};
+use crate::hub::{CacheStatus, Hub, Release};
 use crate::tokenizer::config::{self, Family};
 
 /// Where a model comes from.
@@ -232,7 +232,12 @@ pub fn scan(root: &Path, picked: &[PathBuf], hub: Option<&Hub>) -> Vec<ModelEntr
             };
             out.push(ModelEntry {
                 key,
-                name: entry.model.short_name().to_string(),
+                // 0.1 and 1.0 share short names (CV8x8x8, DV8x16x16): the release tells them
+                // apart; Tokenize1 names already carry -720p/-360p.
+                name: match entry.model.release {
+                    Release::Tokenize1 => entry.model.short_name().to_string(),
+                    release => format!("{} · {}", entry.model.short_name(), release.name()),
+                },
                 origin: Origin::HuggingFace,
                 family,
                 spatial,
