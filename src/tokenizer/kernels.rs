@@ -187,45 +187,37 @@ pub fn causal_temporal_conv(
     let head = pad.div_ceil(stride).min(out_t);
     let frame = c * pixels;
     let isa = CpuKernel::best();
-    let x = x.contiguous()?;
-    let weight = weight.contiguous()?;
-    let bias = bias.map(Tensor::contiguous).transpose()?;
-    let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = weight.storage_and_layout();
-    let xs = f32_slice(&xs, xl)?;
-    let ws = f32_slice(&ws, wl)?;
-    let bias_guard = bias.as_ref().map(Tensor::storage_and_layout);
-    let bs = match &bias_guard {
-        Some((bs, bl)) => Some(f32_slice(bs, bl)?),
-        None => None,
-    };
     let mut out = vec![0f32; b * out_t * o * pixels];
-    for (bi, out_b) in out.chunks_mut(out_t * o * pixels).enumerate() {
-        let xb = xs
-            .get(bi * t * frame..(bi + 1) * t * frame)
-            .ok_or_else(oob)?;
-        let (out_head, out_tail) = out_b
-            .split_at_mut_checked(head * o * pixels)
-            .ok_or_else(oob)?;
-        if head > 0 {
-            let mut stacked = Vec::with_capacity(head * kernel * frame);
-            for ti in 0..head {
-                for tap in 0..kernel {
-                    let src = (stride * ti + tap).saturating_sub(pad);
-                    stacked
-                        .extend_from_slice(xb.get(src * frame..(src + 1) * frame).ok_or_else(oob)?);
+    with_f32_values(x, weight, bias, o, |xs, ws, bs| {
+        for (bi, out_b) in out.chunks_mut(out_t * o * pixels).enumerate() {
+            let xb = xs
+                .get(bi * t * frame..(bi + 1) * t * frame)
+                .ok_or_else(oob)?;
+            let (out_head, out_tail) = out_b
+                .split_at_mut_checked(head * o * pixels)
+                .ok_or_else(oob)?;
+            if head > 0 {
+                let mut stacked = Vec::with_capacity(head * kernel * frame);
+                for ti in 0..head {
+                    for tap in 0..kernel {
+                        let src = (stride * ti + tap).saturating_sub(pad);
+                        stacked.extend_from_slice(
+                            xb.get(src * frame..(src + 1) * frame).ok_or_else(oob)?,
+                        );
+                    }
                 }
+                let g = Geom::pointwise(head, kc, pixels, o, kernel * frame);
+                conv_into(isa, &g, &stacked, ws, bs, out_head)?;
             }
-            let g = Geom::pointwise(head, kc, pixels, o, kernel * frame);
-            conv_into(isa, &g, &stacked, ws, bs, out_head)?;
+            if out_t > head {
+                let first = stride * head - pad;
+                let g = Geom::pointwise(out_t - head, kc, pixels, o, stride * frame);
+                let window = xb.get(first * frame..).ok_or_else(oob)?;
+                conv_into(isa, &g, window, ws, bs, out_tail)?;
+            }
         }
-        if out_t > head {
-            let first = stride * head - pad;
-            let g = Geom::pointwise(out_t - head, kc, pixels, o, stride * frame);
-            let window = xb.get(first * frame..).ok_or_else(oob)?;
-            conv_into(isa, &g, window, ws, bs, out_tail)?;
-        }
-    }
+        Ok(())
+    })?;
     Tensor::from_vec(out, (b, out_t, o, pixels), &Device::Cpu).map(Some)
 }
 
@@ -338,10 +330,24 @@ fn run_conv(
     weight: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Vec<f32>> {
+    with_f32_values(x, weight, bias, g.o, |xs, ws, bs| {
+        conv_f32(kernel, g, xs, ws, bs)
+    })
+}
+
+/// Calls `f` with the contiguous f32 values of the input, the weights and the bias, after
+/// checking that the bias has one value per output channel (`outputs`).
+fn with_f32_values<R>(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    outputs: usize,
+    f: impl FnOnce(&[f32], &[f32], Option<&[f32]>) -> Result<R>,
+) -> Result<R> {
     if let Some(b) = bias {
         let bo = b.dims1()?;
-        if bo != g.o {
-            bail!("kernels: bias has {bo} elements, expected {}", g.o);
+        if bo != outputs {
+            bail!("kernels: bias has {bo} elements, expected {outputs}");
         }
     }
     let x = x.contiguous()?;
@@ -349,15 +355,12 @@ fn run_conv(
     let bias = bias.map(Tensor::contiguous).transpose()?;
     let (xs, xl) = x.storage_and_layout();
     let (ws, wl) = weight.storage_and_layout();
-    let xs = f32_slice(&xs, xl)?;
-    let ws = f32_slice(&ws, wl)?;
-    match &bias {
-        Some(b) => {
-            let (bs, bl) = b.storage_and_layout();
-            conv_f32(kernel, g, xs, ws, Some(f32_slice(&bs, bl)?))
-        }
-        None => conv_f32(kernel, g, xs, ws, None),
-    }
+    let bias_guard = bias.as_ref().map(Tensor::storage_and_layout);
+    let bs = match &bias_guard {
+        Some((bs, bl)) => Some(f32_slice(bs, bl)?),
+        None => None,
+    };
+    f(f32_slice(&xs, xl)?, f32_slice(&ws, wl)?, bs)
 }
 
 fn oob() -> candle_core::Error {
