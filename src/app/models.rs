@@ -204,9 +204,10 @@ pub fn scan(root: &Path, picked: &[PathBuf], hub: Option<&Hub>) -> Vec<ModelEntr
                     hub.offline_help(entry.model.repo)
                         .unwrap_or_else(|e| e.to_string())
                 } else {
+                    // The repo id: the short name of a 1.0 repo would fetch its 0.1 namesake.
                     format!(
                         "press Fetch (or run `tokenscope models fetch {}`)",
-                        entry.model.short_name()
+                        entry.model.repo
                     )
                 }
             };
