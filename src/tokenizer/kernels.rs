@@ -14,8 +14,8 @@
 //!
 //! * The output is cut into micro-tiles of `NR` output channels x `MR = 16` consecutive output
 //!   pixels of one row, held in registers for the whole reduction chunk. With AVX-512 (detected
-//!   at run time) NR = 24: 24 zmm accumulators, and for every `k` one 16-wide load of input
-//!   pixels feeds 24 broadcast FMAs. With AVX2+FMA NR = 6: 12 ymm accumulators, two 8-wide loads,
+//!   at run time) NR = 12 and two tiles run together: 24 zmm accumulators, and for every `k`
+//!   two 16-wide loads of input pixels and 12 broadcasts feed 24 FMAs. With AVX2+FMA NR = 6: 12 ymm accumulators, two 8-wide loads,
 //!   six broadcasts, twelve FMAs. A portable scalar kernel covers other CPUs.
 //! * The reduction is split into chunks of input channels (`KC_TARGET` values of `k` each).
 //!   For a chunk and a block of pixel tiles, the input pixels the block needs are packed into
@@ -42,7 +42,7 @@ use rayon::prelude::*;
 const MR: usize = 16;
 /// Target reduction depth (input channels x taps) per chunk. Each chunk loads and stores the
 /// output tiles once, so deeper is cheaper; the packed weights of a channel tile (NR x 512 x 4 B:
-/// 12 KiB for AVX2, 48 KiB for AVX-512) and the packed pixels stream from L2 in order, which the
+/// 12 KiB for AVX2, 24 KiB for AVX-512) and the packed pixels stream from L2 in order, which the
 /// prefetcher keeps up with (measured faster than 256 on the full networks).
 const KC_TARGET: usize = 512;
 /// Floats in a packed input block (192 KiB), sized for a 512 KiB L2 next to the output tile
@@ -486,9 +486,25 @@ fn conv_into(
             let fma = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
             conv_with::<PORTABLE_NR, _>(g, x, w, bias, out, |ctx, item| {
                 if fma {
-                    run_item(ctx, item, kernel_portable::<true, PORTABLE_NR>)
+                    run_item(
+                        ctx,
+                        item,
+                        kernel_portable::<true, PORTABLE_NR>,
+                        |a0, a1, b, c0, c1| {
+                            kernel_portable::<true, PORTABLE_NR>(a0, b, c0);
+                            kernel_portable::<true, PORTABLE_NR>(a1, b, c1);
+                        },
+                    )
                 } else {
-                    run_item(ctx, item, kernel_portable::<false, PORTABLE_NR>)
+                    run_item(
+                        ctx,
+                        item,
+                        kernel_portable::<false, PORTABLE_NR>,
+                        |a0, a1, b, c0, c1| {
+                            kernel_portable::<false, PORTABLE_NR>(a0, b, c0);
+                            kernel_portable::<false, PORTABLE_NR>(a1, b, c1);
+                        },
+                    )
                 }
             })?
         }
@@ -628,23 +644,41 @@ fn partition(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn run_item_avx512(ctx: &Ctx<{ avx512::NR }>, item: Item) -> Result<()> {
-    run_item(ctx, item, |a, b, acc| avx512::kernel(a, b, acc))
+    run_item(
+        ctx,
+        item,
+        |a, b, acc| avx512::kernel(a, b, acc),
+        |a0, a1, b, acc0, acc1| avx512::kernel_pair(a0, a1, b, acc0, acc1),
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn run_item_avx2(ctx: &Ctx<{ avx2::NR }>, item: Item) -> Result<()> {
-    run_item(ctx, item, |a, b, acc| avx2::kernel(a, b, acc))
+    run_item(
+        ctx,
+        item,
+        |a, b, acc| avx2::kernel(a, b, acc),
+        |a0, a1, b, acc0, acc1| {
+            avx2::kernel(a0, b, acc0);
+            avx2::kernel(a1, b, acc1);
+        },
+    )
 }
 
+/// The accumulators of one micro-tile: NR output channels x MR pixels.
+type Acc<const NR: usize> = [Lane16; NR];
+
 /// Computes one work item: for each reduction chunk, for each block of pixel tiles, pack the
-/// block's input and run the micro-kernel over all (channel tile, pixel tile) pairs.
+/// block's input and run the micro-kernel over all (channel tile, pixel tile) pairs. Pixel
+/// tiles go to `kern2` two at a time (the AVX-512 kernel holds two tiles in registers, so each
+/// broadcast weight feeds two FMAs); an odd last tile goes to `kern`.
 #[inline(always)]
-fn run_item<const NR: usize, K: Fn(&[Lane16], &[[f32; NR]], &mut [Lane16; NR])>(
-    ctx: &Ctx<NR>,
-    item: Item,
-    kern: K,
-) -> Result<()> {
+fn run_item<const NR: usize, K, K2>(ctx: &Ctx<NR>, item: Item, kern: K, kern2: K2) -> Result<()>
+where
+    K: Fn(&[Lane16], &[[f32; NR]], &mut Acc<NR>),
+    K2: Fn(&[Lane16], &[Lane16], &[[f32; NR]], &mut Acc<NR>, &mut Acc<NR>),
+{
     let g = &ctx.g;
     let khkw = g.kh * g.kw;
     let k_total = g.c * khkw;
@@ -671,28 +705,49 @@ fn run_item<const NR: usize, K: Fn(&[Lane16], &[[f32; NR]], &mut [Lane16; NR])>(
             let tile_bias = ctx.bias.iter().skip(ot0);
             for ((wt, orows), bias_tile) in tile_weights.zip(rows.chunks_mut(NR)).zip(tile_bias) {
                 let b = wt.get(c0 * khkw..c1 * khkw).ok_or_else(oob)?;
-                for (&(y, xt), a) in block.iter().zip(a_buf.chunks_exact(kc)) {
-                    let off = y * g.wo + xt - p_start;
-                    let valid = MR.min(x1 - xt);
+                // Where tile (y, xt) sits in this item's rows, and how many of its lanes count.
+                let span = |&(y, xt): &(usize, usize)| (y * g.wo + xt - p_start, MR.min(x1 - xt));
+                let load = |tile: &(usize, usize), orows: &[&mut [f32]]| -> Result<Acc<NR>> {
                     let mut acc = [Lane16([0f32; MR]); NR];
                     if first {
                         for (accr, &bv) in acc.iter_mut().zip(bias_tile) {
                             *accr = Lane16([bv; MR]);
                         }
                     } else {
-                        for (accr, orow) in acc.iter_mut().zip(orows.iter()) {
+                        let (off, valid) = span(tile);
+                        for (accr, orow) in acc.iter_mut().zip(orows) {
                             let src = orow.get(off..off + valid).ok_or_else(oob)?;
                             for (d, &s) in accr.0.iter_mut().zip(src) {
                                 *d = s;
                             }
                         }
                     }
-                    kern(a, b, &mut acc);
+                    Ok(acc)
+                };
+                let store = |tile: &(usize, usize), acc: &Acc<NR>, orows: &mut [&mut [f32]]| {
+                    let (off, valid) = span(tile);
                     for (accr, orow) in acc.iter().zip(orows.iter_mut()) {
                         let dst = orow.get_mut(off..off + valid).ok_or_else(oob)?;
                         for (d, &s) in dst.iter_mut().zip(&accr.0) {
                             *d = s;
                         }
+                    }
+                    Ok::<(), candle_core::Error>(())
+                };
+                for (pair, a) in block.chunks(2).zip(a_buf.chunks(2 * kc)) {
+                    match (pair, a.split_at_checked(kc)) {
+                        ([t0, t1], Some((a0, a1))) => {
+                            let (mut acc0, mut acc1) = (load(t0, orows)?, load(t1, orows)?);
+                            kern2(a0, a1.get(..kc).ok_or_else(oob)?, b, &mut acc0, &mut acc1);
+                            store(t0, &acc0, orows)?;
+                            store(t1, &acc1, orows)?;
+                        }
+                        ([t0], Some((a0, _))) => {
+                            let mut acc0 = load(t0, orows)?;
+                            kern(a0, b, &mut acc0);
+                            store(t0, &acc0, orows)?;
+                        }
+                        _ => return Err(oob()),
                     }
                 }
             }
@@ -773,9 +828,11 @@ mod avx512 {
         __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_storeu_ps,
     };
 
-    /// Output channels per tile: 24 of the 32 zmm registers hold the accumulators, so each
-    /// packed input vector feeds 24 FMAs.
-    pub const NR: usize = 24;
+    /// Output channels per tile. Two tiles (32 pixels) are computed together: 24 of the 32 zmm
+    /// registers hold the accumulators, each broadcast weight feeds two FMAs and each `k`
+    /// costs 2 vector loads + 12 broadcasts for 24 FMAs (the FMA ports, not the load ports, set
+    /// the pace), and a channel tile's packed weights for a 512-deep chunk (24 KiB) stay in L1.
+    pub const NR: usize = 12;
 
     #[target_feature(enable = "avx512f")]
     #[inline]
@@ -794,14 +851,33 @@ mod avx512 {
         unsafe { _mm512_storeu_ps(v.0.as_mut_ptr(), x) }
     }
 
-    /// `acc[j][i] += sum_k b[k][j] * a[k][i]`, the 24 x 16 accumulator tile in 24 registers.
+    // One named variable per accumulator: with an array LLVM keeps spilling some of them to the
+    // stack inside the loop.
+    macro_rules! channels {
+        ($m:ident) => {
+            $m!(
+                (r0, c0, d0, w0),
+                (r1, c1, d1, w1),
+                (r2, c2, d2, w2),
+                (r3, c3, d3, w3),
+                (r4, c4, d4, w4),
+                (r5, c5, d5, w5),
+                (r6, c6, d6, w6),
+                (r7, c7, d7, w7),
+                (r8, c8, d8, w8),
+                (r9, c9, d9, w9),
+                (r10, c10, d10, w10),
+                (r11, c11, d11, w11)
+            )
+        };
+    }
+
+    /// `acc[j][i] += sum_k b[k][j] * a[k][i]`: one 12 x 16 tile (an odd tile at a block's end).
     #[target_feature(enable = "avx512f")]
     #[inline]
     pub(super) fn kernel(a: &[Lane16], b: &[[f32; NR]], acc: &mut [Lane16; NR]) {
-        // One named variable per accumulator: with an array LLVM keeps spilling some of them
-        // to the stack inside the loop.
         macro_rules! tile {
-            ($(($r:ident, $c:ident, $w:ident)),+) => {{
+            ($(($r:ident, $c:ident, $d:ident, $w:ident)),+) => {{
                 let [$($r),+] = acc;
                 $(let mut $c = load($r);)+
                 for (av, bv) in a.iter().zip(b) {
@@ -812,32 +888,43 @@ mod avx512 {
                 $(store($r, $c);)+
             }};
         }
-        tile!(
-            (r0, c0, w0),
-            (r1, c1, w1),
-            (r2, c2, w2),
-            (r3, c3, w3),
-            (r4, c4, w4),
-            (r5, c5, w5),
-            (r6, c6, w6),
-            (r7, c7, w7),
-            (r8, c8, w8),
-            (r9, c9, w9),
-            (r10, c10, w10),
-            (r11, c11, w11),
-            (r12, c12, w12),
-            (r13, c13, w13),
-            (r14, c14, w14),
-            (r15, c15, w15),
-            (r16, c16, w16),
-            (r17, c17, w17),
-            (r18, c18, w18),
-            (r19, c19, w19),
-            (r20, c20, w20),
-            (r21, c21, w21),
-            (r22, c22, w22),
-            (r23, c23, w23)
-        );
+        channels!(tile);
+    }
+
+    /// [`kernel`] on two tiles that share the weights: `acc0 += b·a0`, `acc1 += b·a1`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) fn kernel_pair(
+        a0: &[Lane16],
+        a1: &[Lane16],
+        b: &[[f32; NR]],
+        acc0: &mut [Lane16; NR],
+        acc1: &mut [Lane16; NR],
+    ) {
+        macro_rules! tiles {
+            ($(($r:ident, $c:ident, $d:ident, $w:ident)),+) => {{
+                {
+                    let [$($r),+] = &*acc0;
+                    $(let mut $c = load($r);)+
+                    let [$($r),+] = &*acc1;
+                    $(let mut $d = load($r);)+
+                    for ((x0, x1), bv) in a0.iter().zip(a1).zip(b) {
+                        let (x0, x1) = (load(x0), load(x1));
+                        let [$($w),+] = *bv;
+                        $(
+                            let w = _mm512_set1_ps($w);
+                            $c = _mm512_fmadd_ps(w, x0, $c);
+                            $d = _mm512_fmadd_ps(w, x1, $d);
+                        )+
+                    }
+                    let [$($r),+] = acc0;
+                    $(store($r, $c);)+
+                    let [$($r),+] = acc1;
+                    $(store($r, $d);)+
+                }
+            }};
+        }
+        channels!(tiles);
     }
 }
 
