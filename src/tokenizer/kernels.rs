@@ -486,25 +486,9 @@ fn conv_into(
             let fma = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
             conv_with::<PORTABLE_NR, _>(g, x, w, bias, out, |ctx, item| {
                 if fma {
-                    run_item(
-                        ctx,
-                        item,
-                        kernel_portable::<true, PORTABLE_NR>,
-                        |a0, a1, b, c0, c1| {
-                            kernel_portable::<true, PORTABLE_NR>(a0, b, c0);
-                            kernel_portable::<true, PORTABLE_NR>(a1, b, c1);
-                        },
-                    )
+                    run_item_tile_by_tile(ctx, item, kernel_portable::<true, PORTABLE_NR>)
                 } else {
-                    run_item(
-                        ctx,
-                        item,
-                        kernel_portable::<false, PORTABLE_NR>,
-                        |a0, a1, b, c0, c1| {
-                            kernel_portable::<false, PORTABLE_NR>(a0, b, c0);
-                            kernel_portable::<false, PORTABLE_NR>(a1, b, c1);
-                        },
-                    )
+                    run_item_tile_by_tile(ctx, item, kernel_portable::<false, PORTABLE_NR>)
                 }
             })?
         }
@@ -655,15 +639,19 @@ fn run_item_avx512(ctx: &Ctx<{ avx512::NR }>, item: Item) -> Result<()> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn run_item_avx2(ctx: &Ctx<{ avx2::NR }>, item: Item) -> Result<()> {
-    run_item(
-        ctx,
-        item,
-        |a, b, acc| avx2::kernel(a, b, acc),
-        |a0, a1, b, acc0, acc1| {
-            avx2::kernel(a0, b, acc0);
-            avx2::kernel(a1, b, acc1);
-        },
-    )
+    run_item_tile_by_tile(ctx, item, |a, b, acc| avx2::kernel(a, b, acc))
+}
+
+/// [`run_item`] for a micro-kernel that holds one tile at a time: a pair is two calls.
+#[inline(always)]
+fn run_item_tile_by_tile<const NR: usize, K>(ctx: &Ctx<NR>, item: Item, kern: K) -> Result<()>
+where
+    K: Fn(&[Lane16], &[[f32; NR]], &mut Acc<NR>),
+{
+    run_item(ctx, item, &kern, |a0, a1, b, acc0, acc1| {
+        kern(a0, b, acc0);
+        kern(a1, b, acc1);
+    })
 }
 
 /// The accumulators of one micro-tile: NR output channels x MR pixels.
