@@ -684,6 +684,7 @@ where
         .flat_map(|y| (x0..x1).step_by(MR).map(move |x| (y, x)))
         .collect();
     let mut a_buf = vec![Lane16([0.0; MR]); ctx.tiles_per_block * ctx.kc_max];
+    let (mut acc0, mut acc1) = ([Lane16([0f32; MR]); NR], [Lane16([0f32; MR]); NR]);
     for &(c0, c1) in &ctx.chunks {
         let kc = (c1 - c0) * khkw;
         let first = c0 == 0;
@@ -698,14 +699,14 @@ where
                 for (pair, a) in block.chunks(2).zip(a_buf.chunks(2 * kc)) {
                     match (pair, a.split_at_checked(kc)) {
                         ([t0, t1], Some((a0, a1))) => {
-                            let mut acc0 = load_acc(first, bias_tile, orows, span(t0))?;
-                            let mut acc1 = load_acc(first, bias_tile, orows, span(t1))?;
+                            load_acc(&mut acc0, first, bias_tile, orows, span(t0))?;
+                            load_acc(&mut acc1, first, bias_tile, orows, span(t1))?;
                             kern2(a0, a1.get(..kc).ok_or_else(oob)?, b, &mut acc0, &mut acc1);
                             store_acc(&acc0, orows, span(t0))?;
                             store_acc(&acc1, orows, span(t1))?;
                         }
                         ([t0], Some((a0, _))) => {
-                            let mut acc0 = load_acc(first, bias_tile, orows, span(t0))?;
+                            load_acc(&mut acc0, first, bias_tile, orows, span(t0))?;
                             kern(a0, b, &mut acc0);
                             store_acc(&acc0, orows, span(t0))?;
                         }
@@ -718,16 +719,17 @@ where
     Ok(())
 }
 
-/// The accumulators of one tile whose lanes sit at `off .. off + valid` of each output row: the
-/// bias on the first reduction chunk, else what the earlier chunks stored.
+/// Sets the accumulators of one tile whose lanes sit at `off .. off + valid` of each output row:
+/// the bias on the first reduction chunk, else what the earlier chunks stored. (They are filled
+/// in place: returning the 768-byte array inside a `Result` compiled to three memcpy calls.)
 #[inline(always)]
 fn load_acc<const NR: usize>(
+    acc: &mut Acc<NR>,
     first: bool,
     bias: &[f32; NR],
     orows: &[&mut [f32]],
     (off, valid): (usize, usize),
-) -> Result<Acc<NR>> {
-    let mut acc = [Lane16([0f32; MR]); NR];
+) -> Result<()> {
     if first {
         for (accr, &bv) in acc.iter_mut().zip(bias) {
             *accr = Lane16([bv; MR]);
@@ -743,7 +745,7 @@ fn load_acc<const NR: usize>(
             }
         }
     }
-    Ok(acc)
+    Ok(())
 }
 
 /// Writes the valid lanes of a tile's accumulators back (see [`load_acc`]).

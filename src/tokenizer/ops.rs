@@ -159,16 +159,20 @@ fn sum_f64(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 pub(crate) fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5·2^23 rounds to the nearest integer: `f32::round` is a call to
+    // libm's roundf on the x86-64 baseline, and would stop the loop from vectorising.
+    const ROUNDER: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    let n = (x * std::f32::consts::LOG2_E + ROUNDER) - ROUNDER;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // n is in [-126, 128]: 2^n in two halves so that n = 128 does not overflow the exponent.
-    let half = (n * 0.5).floor();
-    let pow2 = |k: f32| f32::from_bits((((k as i32) + 127) as u32) << 23);
+    // n is in [-126, 128]: 2^n in two factors so that n = 128 does not overflow the exponent.
+    let n = n as i32;
+    let half = n >> 1;
+    let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
     p * pow2(half) * pow2(n - half)
 }
 
