@@ -337,7 +337,7 @@ fn run_conv(
 
 /// Calls `f` with the contiguous f32 values of the input, the weights and the bias, after
 /// checking that the bias has one value per output channel (`outputs`).
-fn with_f32_values<R>(
+pub(crate) fn with_f32_values<R>(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,

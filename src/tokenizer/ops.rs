@@ -1,7 +1,7 @@
 //! Fused normalisation for the layers: on the CPU in float32, a one-pass kernel (inference) and
 //! a custom op with a fused backward pass (training); other devices and dtypes use candle's ops.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernels;
@@ -26,25 +26,11 @@ pub fn group_norm(
     let tracked = x.track_op() || weight.track_op() || bias.track_op();
     if cpu_f32 && !tracked {
         // Read the input in place (a `to_vec1` copy of every activation cost ~1% of a network).
-        let x = x.contiguous()?;
-        let (weight, bias) = (weight.contiguous()?, bias.contiguous()?);
-        let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = weight.storage_and_layout();
-        let (bs, bl) = bias.storage_and_layout();
-        let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(bs)) = (&*xs, &*ws, &*bs) else {
-            candle_core::bail!("group_norm: expected cpu tensors");
-        };
-        let output = group_norm_cpu(
-            kernels::contiguous_f32(xs, xl)?,
-            x.dims(),
-            groups,
-            (
-                kernels::contiguous_f32(ws, wl)?,
-                kernels::contiguous_f32(bs, bl)?,
-            ),
-            eps,
-            then_swish,
-        )?;
+        let channels = channels_of(x.dims())?;
+        let output = kernels::with_f32_values(x, weight, Some(bias), channels, |xs, ws, bs| {
+            let bs = bs.unwrap_or_default();
+            group_norm_cpu(xs, x.dims(), groups, (ws, bs), eps, then_swish)
+        })?;
         return Tensor::from_vec(output, x.dims(), x.device());
     }
     if cpu_f32 {
@@ -88,6 +74,14 @@ pub fn group_norm(
     }
 }
 
+/// The channel count of an (N, C, ...) shape.
+fn channels_of(dims: &[usize]) -> Result<usize> {
+    match dims.get(1) {
+        Some(&c) => Ok(c),
+        None => candle_core::bail!("group_norm: expected an (N, C, ...) input, got shape {dims:?}"),
+    }
+}
+
 fn group_norm_cpu(
     input: &[f32],
     dims: &[usize],
@@ -96,7 +90,7 @@ fn group_norm_cpu(
     eps: f64,
     then_swish: bool,
 ) -> Result<Vec<f32>> {
-    let c = dims.get(1).copied().unwrap_or(0);
+    let c = channels_of(dims)?;
     if groups == 0 || c % groups != 0 {
         candle_core::bail!("group_norm: {groups} groups do not divide {c} channels");
     }
