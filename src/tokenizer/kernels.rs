@@ -30,6 +30,10 @@
 //!   output channels), each owning disjoint `&mut` slices of the output, so the parallel code
 //!   is entirely safe Rust.
 //!
+//! 3x3, stride-1, pad-1 convolutions (most of the tokenizer's arithmetic) go through Winograd's
+//! F(4x4, 3x3) instead (`winograd.rs`): four times fewer multiplies, computed as a batch of 36
+//! pointwise GEMMs on the same micro-kernels ([`batched_pointwise_into`]).
+//!
 //! The only `unsafe` is (a) the calls into the AVX code after run-time feature detection and
 //! (b) the two unaligned vector load/store helpers of the micro-kernel, whose pointers come
 //! straight from references to 16-float arrays.
@@ -37,6 +41,9 @@ use candle_core::{
     bail, CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor,
 };
 use rayon::prelude::*;
+
+use super::scratch::Scratch;
+use super::winograd::{self, Winograd};
 
 /// Output pixels per micro-tile: two 8-lane AVX vectors.
 const MR: usize = 16;
@@ -117,7 +124,11 @@ pub fn conv2d(
 ) -> Result<Tensor> {
     if fast_path_applies(x, weight, bias) {
         let g = Geom::conv(x.dims4()?, weight.dims4()?, stride, padding)?;
-        let out = run_conv(CpuKernel::best(), &g, x, weight, bias)?;
+        let isa = CpuKernel::best();
+        let out = match Conv3x3::for_geometry(&g) {
+            Some(algorithm) => conv3x3_f32(isa, algorithm, &g, x, weight, bias)?,
+            None => run_conv(isa, &g, x, weight, bias)?,
+        };
         return Tensor::from_vec(out, (g.n, g.o, g.ho, g.wo), &Device::Cpu);
     }
     let y = if trainable_path_applies(x, weight, bias) {
@@ -129,6 +140,73 @@ pub fn conv2d(
         Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
         None => Ok(y),
     }
+}
+
+/// How a 3x3, stride-1, pad-1 convolution is computed on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conv3x3 {
+    /// Implicit GEMM over the 9 taps, like every other convolution.
+    Direct,
+    /// Winograd F(2x2, 3x3): 2.25x fewer multiplies.
+    WinogradF2,
+    /// Winograd F(4x4, 3x3): 4x fewer multiplies; what [`conv2d`] uses. Its results differ
+    /// from the direct convolution by float rounding only (the kernel tests bound it, and the
+    /// parity tests hold to the reference README's tolerances).
+    WinogradF4,
+}
+
+impl Conv3x3 {
+    pub const ALL: [Conv3x3; 3] = [Conv3x3::Direct, Conv3x3::WinogradF2, Conv3x3::WinogradF4];
+
+    /// The algorithm [`conv2d`] uses for a geometry; `None` when it is not a 3x3, stride-1,
+    /// pad-1 convolution.
+    fn for_geometry(g: &Geom) -> Option<Self> {
+        (g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1).then_some(Conv3x3::WinogradF4)
+    }
+}
+
+/// A 3x3, stride-1, pad-1 convolution of CPU f32 tensors (x (N, C, H, W), weight (O, C, 3, 3))
+/// with a chosen algorithm on a chosen micro-kernel, to test and compare them; an error when
+/// this CPU cannot run the kernel.
+pub fn conv3x3_using(
+    kernel: CpuKernel,
+    algorithm: Conv3x3,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    if !CpuKernel::available().contains(&kernel) {
+        bail!("kernels: this CPU cannot run the {kernel:?} kernel");
+    }
+    let (wo, _, kh, kw) = weight.dims4()?;
+    if (kh, kw) != (3, 3) {
+        bail!("conv3x3: the weight is {wo}x{kh}x{kw} per input channel, not 3x3");
+    }
+    let g = Geom::conv(x.dims4()?, weight.dims4()?, 1, 1)?;
+    let out = conv3x3_f32(kernel, algorithm, &g, x, weight, bias)?;
+    Tensor::from_vec(out, (g.n, g.o, g.ho, g.wo), &Device::Cpu)
+}
+
+fn conv3x3_f32(
+    isa: CpuKernel,
+    algorithm: Conv3x3,
+    g: &Geom,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Vec<f32>> {
+    let shape = winograd::Shape {
+        n: g.n,
+        c: g.c,
+        h: g.h,
+        w: g.w,
+        o: g.o,
+    };
+    with_f32_values(x, weight, bias, g.o, |xs, ws, bs| match algorithm {
+        Conv3x3::WinogradF2 => winograd::F2::conv3x3(isa, shape, xs, ws, bs),
+        Conv3x3::WinogradF4 => winograd::F4::conv3x3(isa, shape, xs, ws, bs),
+        Conv3x3::Direct => conv_f32(isa, g, xs, ws, bs),
+    })
 }
 
 /// 1x1 conv / pointwise linear map over channels: x (N, I, S) with S any flattened spatial
@@ -254,6 +332,9 @@ struct Geom {
     /// Elements from the start of one input image to the next: `c * h * w` for a batch, less
     /// when consecutive images overlap (the temporal convolution's windows of frames).
     image_stride: usize,
+    /// Elements from one input channel plane to the next: `h * w` unless the images are
+    /// interleaved channel by channel (the Winograd transforms' layout).
+    channel_stride: usize,
 }
 
 impl Geom {
@@ -273,6 +354,7 @@ impl Geom {
             ho: 1,
             wo: s,
             image_stride,
+            channel_stride: s,
         }
     }
 
@@ -305,6 +387,7 @@ impl Geom {
             ho: (h + 2 * pad - kh) / stride + 1,
             wo: (w + 2 * pad - kw) / stride + 1,
             image_stride: c * h * w,
+            channel_stride: h * w,
         })
     }
 }
@@ -372,9 +455,12 @@ struct Ctx<'a, const NR: usize> {
     g: Geom,
     /// Input, NCHW.
     x: &'a [f32],
-    /// Weights packed per channel tile, `[tile][k][NR]` with k = (ci, dy, dx): the kernel reads
-    /// one contiguous stream; rows past O are zeros.
-    w: Vec<[f32; NR]>,
+    /// Weights packed per channel tile, `[tile][set][k][NR]` with k = (ci, dy, dx): the kernel
+    /// reads one contiguous stream; rows past O are zeros.
+    w: PackedWeights<'a>,
+    /// Weight sets interleaved in `w` per channel tile: 1 when the images share their weights,
+    /// else one per image.
+    sets: usize,
     /// Bias per channel tile (zeros past O, or everywhere without a bias).
     bias: Vec<[f32; NR]>,
     /// Input-channel ranges of the reduction chunks.
@@ -382,6 +468,21 @@ struct Ctx<'a, const NR: usize> {
     /// Largest chunk, in values of k.
     kc_max: usize,
     tiles_per_block: usize,
+}
+
+/// Packed weights: packed for this call, or handed over packed.
+enum PackedWeights<'a> {
+    Owned(Scratch),
+    Borrowed(&'a [f32]),
+}
+
+impl PackedWeights<'_> {
+    fn values(&self) -> &[f32] {
+        match self {
+            PackedWeights::Owned(s) => s,
+            PackedWeights::Borrowed(s) => s,
+        }
+    }
 }
 
 /// One unit of parallel work: output pixels `(y0, x0) .. (y1 - 1, x1)` of image `n` (whole rows
@@ -397,25 +498,35 @@ struct Item<'a> {
     rows: Vec<&'a mut [f32]>,
 }
 
-/// `(O, K)` weight rows → `[tile][k][NR]`, zero-filled past O.
-fn pack_weights<const NR: usize>(w: &[f32], o: usize, k_total: usize) -> Vec<[f32; NR]> {
-    let tiles = o.div_ceil(NR);
-    let mut packed = vec![[0f32; NR]; tiles * k_total];
-    for (tile, dst) in packed.chunks_mut(k_total.max(1)).enumerate() {
-        for (j, row) in w
-            .chunks_exact(k_total.max(1))
-            .skip(tile * NR)
-            .take(NR)
-            .enumerate()
-        {
-            for (d, &v) in dst.iter_mut().zip(row) {
-                if let Some(slot) = d.get_mut(j) {
-                    *slot = v;
+/// `(O, K)` weight rows → `[tile][k][NR]` (as NR-float groups), zero-filled past O; in
+/// parallel when there is enough.
+fn pack_weights<const NR: usize>(w: &[f32], o: usize, k_total: usize) -> Result<Scratch> {
+    let mut packed = Scratch::take(o.div_ceil(NR) * k_total * NR);
+    let min_tiles = (1 << 16) / (k_total * NR).max(1);
+    packed
+        .par_chunks_mut((k_total * NR).max(1))
+        .with_min_len(min_tiles.max(1))
+        .enumerate()
+        .try_for_each(|(tile, dst)| -> Result<()> {
+            let (dst, _) = dst.as_chunks_mut::<NR>();
+            for j in 0..NR {
+                let oi = tile * NR + j;
+                if oi >= o {
+                    dst.iter_mut()
+                        .filter_map(|d| d.get_mut(j..))
+                        .for_each(|d| d.fill(0.0));
+                    break;
+                }
+                let row = w.get(oi * k_total..(oi + 1) * k_total).ok_or_else(oob)?;
+                for (d, &v) in dst.iter_mut().zip(row) {
+                    if let Some(slot) = d.get_mut(j) {
+                        *slot = v;
+                    }
                 }
             }
-        }
-    }
-    packed
+            Ok(())
+        })?;
+    Ok(packed)
 }
 
 /// The convolution on `kernel`, which the caller has checked this CPU can run.
@@ -440,9 +551,73 @@ fn conv_into(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) -> Result<()> {
+    conv_into_weights(kernel, g, x, Weights::Shared(w), bias, out)
+}
+
+/// The weights of a convolution: one (O, K) matrix for every image, or one per image already
+/// packed for the micro-kernel (the Winograd transform's batch of GEMMs, each with the weights
+/// of its own frequency).
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    Shared(&'a [f32]),
+    /// `[channel tile][image][k][nr]`, `nr` = [`CpuKernel::nr`], zeros past O.
+    PackedPerImage(&'a [f32]),
+}
+
+impl CpuKernel {
+    /// Output channels per micro-tile: the width of packed weights.
+    pub(crate) fn nr(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            CpuKernel::Avx512 => avx512::NR,
+            #[cfg(target_arch = "x86_64")]
+            CpuKernel::Avx2 => avx2::NR,
+            _ => PORTABLE_NR,
+        }
+    }
+}
+
+/// Batched pointwise maps with their own weights: image `i` of `x` has `c` channel rows of `s`
+/// values, `channel_stride` apart (images `s` apart); `packed` holds the weights of all images
+/// packed as `[channel tile][image][c][kernel.nr()]` (zeros past `o`); `out` (n, o, s) is
+/// overwritten.
+pub(crate) fn batched_pointwise_into(
+    kernel: CpuKernel,
+    (n, c, s, o): (usize, usize, usize, usize),
+    channel_stride: usize,
+    x: &[f32],
+    packed: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    let g = Geom {
+        channel_stride,
+        ..Geom::pointwise(n, c, s, o, s)
+    };
+    conv_into_weights(kernel, &g, x, Weights::PackedPerImage(packed), None, out)
+}
+
+/// [`conv_into`] with shared or per-image weights.
+fn conv_into_weights(
+    kernel: CpuKernel,
+    g: &Geom,
+    x: &[f32],
+    weights: Weights,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<()> {
     let k_total = g.c * g.kh * g.kw;
-    let last_image_end = g.n.saturating_sub(1) * g.image_stride + g.c * g.h * g.w;
-    if x.len() < last_image_end || w.len() != g.o * k_total {
+    let last_image_end = if g.n == 0 || g.c == 0 {
+        0
+    } else {
+        (g.n - 1) * g.image_stride + (g.c - 1) * g.channel_stride + g.h * g.w
+    };
+    let weights_fit = match weights {
+        Weights::Shared(w) => w.len() == g.o * k_total,
+        Weights::PackedPerImage(w) => {
+            w.len() == g.o.div_ceil(kernel.nr()) * g.n * k_total * kernel.nr()
+        }
+    };
+    if x.len() < last_image_end || !weights_fit {
         bail!("kernels: tensor sizes do not match the convolution geometry");
     }
     let plane = g.ho * g.wo;
@@ -466,14 +641,14 @@ fn conv_into(
     match kernel {
         #[cfg(target_arch = "x86_64")]
         CpuKernel::Avx512 => {
-            conv_with::<{ avx512::NR }, _>(g, x, w, bias, out, |ctx, item| {
+            conv_with::<{ avx512::NR }, _>(g, x, weights, bias, out, |ctx, item| {
                 // SAFETY: `run_item_avx512` only requires the avx512f target feature; callers
                 // pass this kernel only when `CpuKernel::available` detected it at run time.
                 unsafe { run_item_avx512(ctx, item) }
             })?
         }
         #[cfg(target_arch = "x86_64")]
-        CpuKernel::Avx2 => conv_with::<{ avx2::NR }, _>(g, x, w, bias, out, |ctx, item| {
+        CpuKernel::Avx2 => conv_with::<{ avx2::NR }, _>(g, x, weights, bias, out, |ctx, item| {
             // SAFETY: `run_item_avx2` only requires the avx2 and fma target features; callers
             // pass this kernel only when `CpuKernel::available` detected them at run time.
             unsafe { run_item_avx2(ctx, item) }
@@ -484,7 +659,7 @@ fn conv_into(
         }
         CpuKernel::Portable => {
             let fma = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
-            conv_with::<PORTABLE_NR, _>(g, x, w, bias, out, |ctx, item| {
+            conv_with::<PORTABLE_NR, _>(g, x, weights, bias, out, |ctx, item| {
                 if fma {
                     run_item_tile_by_tile(ctx, item, kernel_portable::<true, PORTABLE_NR>)
                 } else {
@@ -501,7 +676,7 @@ fn conv_into(
 fn conv_with<const NR: usize, R>(
     g: &Geom,
     x: &[f32],
-    w: &[f32],
+    weights: Weights,
     bias: Option<&[f32]>,
     out: &mut [f32],
     run: R,
@@ -565,7 +740,14 @@ where
     let ctx = Ctx {
         g: *g,
         x,
-        w: pack_weights::<NR>(w, g.o, k_total),
+        w: match weights {
+            Weights::Shared(w) => PackedWeights::Owned(pack_weights::<NR>(w, g.o, k_total)?),
+            Weights::PackedPerImage(w) => PackedWeights::Borrowed(w),
+        },
+        sets: match weights {
+            Weights::Shared(_) => 1,
+            Weights::PackedPerImage(_) => g.n,
+        },
         bias: bias_tiles,
         chunks,
         kc_max,
@@ -690,7 +872,12 @@ where
         let first = c0 == 0;
         for block in tiles.chunks(ctx.tiles_per_block) {
             pack_block(g, ctx.x, n, block, c0, c1, &mut a_buf)?;
-            let tile_weights = ctx.w.chunks_exact(k_total).skip(ot0);
+            let (packed, _) = ctx.w.values().as_chunks::<NR>();
+            let set = if ctx.sets > 1 { n } else { 0 };
+            let tile_weights = packed
+                .chunks_exact(k_total)
+                .skip(ot0 * ctx.sets + set)
+                .step_by(ctx.sets);
             let tile_bias = ctx.bias.iter().skip(ot0);
             for ((wt, orows), bias_tile) in tile_weights.zip(rows.chunks_mut(NR)).zip(tile_bias) {
                 let b = wt.get(c0 * khkw..c1 * khkw).ok_or_else(oob)?;
@@ -975,7 +1162,6 @@ fn pack_block(
     let kc = (c1 - c0) * khkw;
     let s = g.stride;
     let pad = g.pad as isize;
-    let plane = g.h * g.w;
     // Runs of tiles that share an output row read each input row sequentially.
     let mut start = 0;
     while let Some(&(yo, _)) = block.get(start) {
@@ -983,7 +1169,7 @@ fn pack_block(
         let seg = block.get(start..start + run).ok_or_else(oob)?;
         let a_seg = a.get_mut(start * kc..(start + run) * kc).ok_or_else(oob)?;
         for ci in c0..c1 {
-            let plane_base = n * g.image_stride + ci * plane;
+            let plane_base = n * g.image_stride + ci * g.channel_stride;
             for dy in 0..g.kh {
                 let yi = (yo * s + dy) as isize - pad;
                 let row = if yi >= 0 && (yi as usize) < g.h {
@@ -1212,6 +1398,7 @@ fn input_gradient(g: &Geom, grad: &[f32], w: &[f32]) -> Result<Vec<f32>> {
         ho: g.h,
         wo: g.w,
         image_stride: g.o * ch * cw,
+        channel_stride: ch * cw,
     };
     conv_f32(CpuKernel::best(), &back, &canvas, &flipped, None)
 }

@@ -11,7 +11,9 @@ pub mod model;
 pub mod ops;
 pub mod runner;
 
+mod scratch;
 pub mod video;
+mod winograd;
 
 pub use config::{Family, NetworkConfig, Variant};
 pub use model::{Tokenizer, Tokens};
