@@ -46,7 +46,7 @@ use super::scratch::Scratch;
 use super::winograd::{self, Winograd};
 
 /// Output pixels per micro-tile: two 8-lane AVX vectors.
-const MR: usize = 16;
+pub(crate) const MR: usize = 16;
 /// Target reduction depth (input channels x taps) per chunk. Each chunk loads and stores the
 /// output tiles once, so deeper is cheaper; the packed weights of a channel tile (NR x 512 x 4 B:
 /// 12 KiB for AVX2, 24 KiB for AVX-512) and the packed pixels stream from L2 in order, which the
@@ -86,6 +86,14 @@ impl CpuKernel {
         out
     }
 
+    /// An error when this CPU cannot run the kernel.
+    fn check_available(self) -> Result<()> {
+        if !Self::available().contains(&self) {
+            bail!("kernels: this CPU cannot run the {self:?} kernel");
+        }
+        Ok(())
+    }
+
     /// The widest kernel this CPU can run.
     pub fn best() -> CpuKernel {
         Self::available()
@@ -105,9 +113,7 @@ pub fn conv2d_using(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    if !CpuKernel::available().contains(&kernel) {
-        bail!("kernels: this CPU cannot run the {kernel:?} kernel");
-    }
+    kernel.check_available()?;
     let g = Geom::conv(x.dims4()?, weight.dims4()?, stride, padding)?;
     let out = run_conv(kernel, &g, x, weight, bias)?;
     Tensor::from_vec(out, (g.n, g.o, g.ho, g.wo), &Device::Cpu)
@@ -175,14 +181,15 @@ pub fn conv3x3_using(
     weight: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
-    if !CpuKernel::available().contains(&kernel) {
-        bail!("kernels: this CPU cannot run the {kernel:?} kernel");
-    }
-    let (wo, _, kh, kw) = weight.dims4()?;
-    if (kh, kw) != (3, 3) {
-        bail!("conv3x3: the weight is {wo}x{kh}x{kw} per input channel, not 3x3");
-    }
+    kernel.check_available()?;
     let g = Geom::conv(x.dims4()?, weight.dims4()?, 1, 1)?;
+    if (g.kh, g.kw) != (3, 3) {
+        bail!(
+            "conv3x3: the weight is {}x{} per channel pair, not 3x3",
+            g.kh,
+            g.kw
+        );
+    }
     let out = conv3x3_f32(kernel, algorithm, &g, x, weight, bias)?;
     Tensor::from_vec(out, (g.n, g.o, g.ho, g.wo), &Device::Cpu)
 }
@@ -396,7 +403,31 @@ impl Geom {
 /// straddle a line boundary (big allocations come back from malloc only 16-byte aligned).
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
-struct Lane16([f32; MR]);
+pub(crate) struct Lane16(pub(crate) [f32; MR]);
+
+impl Lane16 {
+    pub(crate) const ZERO: Lane16 = Lane16([0.0; MR]);
+
+    /// `self[..src.len()] = src`. A whole tile is a fixed-size copy (one or two vector moves); a
+    /// copy of variable length compiles to a call to memcpy, which cost about 4% of a network's
+    /// time.
+    #[inline(always)]
+    pub(crate) fn load_prefix(&mut self, src: &[f32]) {
+        match src.first_chunk::<MR>() {
+            Some(whole) => self.0 = *whole,
+            None => self.0.iter_mut().zip(src).for_each(|(d, &v)| *d = v),
+        }
+    }
+
+    /// `dst = self[..dst.len()]` (see [`Self::load_prefix`]).
+    #[inline(always)]
+    pub(crate) fn store_prefix(&self, dst: &mut [f32]) {
+        match dst.first_chunk_mut::<MR>() {
+            Some(whole) => *whole = self.0,
+            None => dst.iter_mut().zip(&self.0).for_each(|(d, &v)| *d = v),
+        }
+    }
+}
 
 /// The contiguous f32 data of a CPU tensor.
 fn f32_slice<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
@@ -737,17 +768,18 @@ where
             }
         }
     }
+    let (w, sets) = match weights {
+        Weights::Shared(w) => (
+            PackedWeights::Owned(pack_weights::<NR>(w, g.o, k_total)?),
+            1,
+        ),
+        Weights::PackedPerImage(w) => (PackedWeights::Borrowed(w), g.n),
+    };
     let ctx = Ctx {
         g: *g,
         x,
-        w: match weights {
-            Weights::Shared(w) => PackedWeights::Owned(pack_weights::<NR>(w, g.o, k_total)?),
-            Weights::PackedPerImage(w) => PackedWeights::Borrowed(w),
-        },
-        sets: match weights {
-            Weights::Shared(_) => 1,
-            Weights::PackedPerImage(_) => g.n,
-        },
+        w,
+        sets,
         bias: bias_tiles,
         chunks,
         kc_max,
@@ -865,15 +897,16 @@ where
     let tiles: Vec<(usize, usize)> = (y0..y1)
         .flat_map(|y| (x0..x1).step_by(MR).map(move |x| (y, x)))
         .collect();
-    let mut a_buf = vec![Lane16([0.0; MR]); ctx.tiles_per_block * ctx.kc_max];
-    let (mut acc0, mut acc1) = ([Lane16([0f32; MR]); NR], [Lane16([0f32; MR]); NR]);
+    // This item's weights: its image's set when every image has its own.
+    let (packed, _) = ctx.w.values().as_chunks::<NR>();
+    let set = if ctx.sets > 1 { n } else { 0 };
+    let mut a_buf = vec![Lane16::ZERO; ctx.tiles_per_block * ctx.kc_max];
+    let (mut acc0, mut acc1) = ([Lane16::ZERO; NR], [Lane16::ZERO; NR]);
     for &(c0, c1) in &ctx.chunks {
         let kc = (c1 - c0) * khkw;
         let first = c0 == 0;
         for block in tiles.chunks(ctx.tiles_per_block) {
             pack_block(g, ctx.x, n, block, c0, c1, &mut a_buf)?;
-            let (packed, _) = ctx.w.values().as_chunks::<NR>();
-            let set = if ctx.sets > 1 { n } else { 0 };
             let tile_weights = packed
                 .chunks_exact(k_total)
                 .skip(ot0 * ctx.sets + set)
@@ -923,13 +956,7 @@ fn load_acc<const NR: usize>(
         }
     } else {
         for (accr, orow) in acc.iter_mut().zip(orows) {
-            let src = orow.get(off..off + valid).ok_or_else(oob)?;
-            // A whole tile is a fixed-size copy (one or two vector moves); a copy of variable
-            // length compiles to a call to memcpy, which cost about 4% of a network's time.
-            match src.first_chunk::<MR>() {
-                Some(full) => accr.0 = *full,
-                None => accr.0.iter_mut().zip(src).for_each(|(d, &s)| *d = s),
-            }
+            accr.load_prefix(orow.get(off..off + valid).ok_or_else(oob)?);
         }
     }
     Ok(())
@@ -943,11 +970,7 @@ fn store_acc<const NR: usize>(
     (off, valid): (usize, usize),
 ) -> Result<()> {
     for (accr, orow) in acc.iter().zip(orows.iter_mut()) {
-        let dst = orow.get_mut(off..off + valid).ok_or_else(oob)?;
-        match dst.first_chunk_mut::<MR>() {
-            Some(full) => *full = accr.0,
-            None => dst.iter_mut().zip(&accr.0).for_each(|(d, &s)| *d = s),
-        }
+        accr.store_prefix(orow.get_mut(off..off + valid).ok_or_else(oob)?);
     }
     Ok(())
 }

@@ -23,23 +23,21 @@
 use candle_core::{bail, Result};
 use rayon::prelude::*;
 
-use super::kernels::{batched_pointwise_into, CpuKernel};
+use super::kernels::{batched_pointwise_into, CpuKernel, Lane16, MR};
 use super::scratch::Scratch;
 
 /// Tiles handled together in the vector lanes of the transforms.
-const LANES: usize = 16;
+const LANES: usize = MR;
 /// The largest output tile side supported (F(4×4, 3×3)).
 const MAX_M: usize = 4;
 /// Input columns read by `LANES` tiles of at most `MAX_M` outputs: the tiles' columns plus the
 /// two of the 3x3 filter's border.
 const WINDOW: usize = LANES * MAX_M + 2;
 
-/// One value of each of `LANES` tiles.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Lanes([f32; LANES]);
+/// One value of each of `LANES` tiles (or, for the weights, of up to `LANES` filters).
+type Lanes = Lane16;
 
-const ZERO: Lanes = Lanes([0.0; LANES]);
+const ZERO: Lanes = Lane16::ZERO;
 
 /// The matrices of F(M×M, 3×3), with `A = M + 2` inputs per tile side.
 pub(crate) struct Transform<const M: usize, const A: usize> {
@@ -188,6 +186,9 @@ pub(crate) trait Winograd<const M: usize, const A: usize>: Sized {
     /// GEMM as `[o tile][f][c][nr]` (see [`batched_pointwise_into`]), in parallel over the tiles.
     fn weights(kernel: CpuKernel, weight: &[f32], o: usize, c: usize) -> Result<Scratch> {
         let nr = kernel.nr();
+        if nr > LANES {
+            bail!("winograd: {nr} output channels per tile do not fit the {LANES} lanes");
+        }
         let mut packed = Scratch::take(o.div_ceil(nr) * A * A * c * nr);
         packed
             .par_chunks_mut((A * A * c * nr).max(1))
@@ -213,9 +214,6 @@ pub(crate) trait Winograd<const M: usize, const A: usize>: Sized {
         tile: usize,
         dst: &mut [f32],
     ) -> Result<()> {
-        if nr > LANES {
-            bail!("winograd: {nr} output channels per tile do not fit the {LANES} lanes");
-        }
         let outputs = tile * nr..(tile * nr + nr).min(o);
         let filters = weight
             .get(outputs.start * c * 9..outputs.end * c * 9)
@@ -288,7 +286,7 @@ pub(crate) trait Winograd<const M: usize, const A: usize>: Sized {
                     let s0 = tiles.index(ni, ty, tx0);
                     for (f, value) in freqs.iter().flatten().enumerate() {
                         let start = f * tiles.total + s0;
-                        store_lanes(v_c.get_mut(start..start + valid).ok_or_else(oob)?, value);
+                        value.store_prefix(v_c.get_mut(start..start + valid).ok_or_else(oob)?);
                     }
                 }
             }
@@ -316,7 +314,7 @@ pub(crate) trait Winograd<const M: usize, const A: usize>: Sized {
                 let mut freqs = [[ZERO; A]; A];
                 for (f, value) in freqs.iter_mut().flatten().enumerate() {
                     let start = (f * o + oi) * tiles.total + s0;
-                    load_lanes(value, m.get(start..start + valid).ok_or_else(oob)?);
+                    value.load_prefix(m.get(start..start + valid).ok_or_else(oob)?);
                 }
                 let out = times_transposed(&times(&Self::T.at, &freqs), &Self::T.at);
                 // Interleave the lanes into output rows in a fixed-size window, then copy the
@@ -365,25 +363,6 @@ impl Tiles {
 
     fn index(&self, ni: usize, ty: usize, tx: usize) -> usize {
         (ni * self.rows + ty) * self.cols + tx
-    }
-}
-
-/// `dst = lanes[..dst.len()]`: whole tiles are fixed-size copies (a copy of variable length is a
-/// call to memcpy).
-#[inline(always)]
-fn store_lanes(dst: &mut [f32], lanes: &Lanes) {
-    match dst.first_chunk_mut::<LANES>() {
-        Some(whole) => *whole = lanes.0,
-        None => dst.iter_mut().zip(&lanes.0).for_each(|(d, &v)| *d = v),
-    }
-}
-
-/// `lanes[..src.len()] = src` (see [`store_lanes`]).
-#[inline(always)]
-fn load_lanes(lanes: &mut Lanes, src: &[f32]) {
-    match src.first_chunk::<LANES>() {
-        Some(whole) => lanes.0 = *whole,
-        None => lanes.0.iter_mut().zip(src).for_each(|(d, &v)| *d = v),
     }
 }
 
