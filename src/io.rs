@@ -14,6 +14,13 @@ pub enum WriteError {
     Write { path: PathBuf, reason: String },
 }
 
+/// Whether a path names a tensor file (`.safetensors`) rather than an image or video.
+pub fn is_tensor_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+}
+
 /// Fails when `output` is one of `inputs` (compared after resolving links).
 pub fn ensure_not_input(output: &Path, inputs: &[&Path]) -> Result<(), WriteError> {
     let resolved = output.canonicalize().ok();

@@ -2,12 +2,16 @@
 //!
 //! Data flows one way: media is decoded, tokenized by [`tokenizer`], measured and shown.
 
+#[cfg(feature = "gui")]
 pub mod app;
 pub mod cli;
 pub mod device;
 pub mod hub;
 pub mod io;
+#[cfg(feature = "media")]
 pub mod media;
 pub mod metrics;
+pub mod shipped;
+pub mod sys;
 pub mod tokenizer;
 pub mod train;

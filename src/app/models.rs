@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::hub::{CacheStatus, Hub, Release};
+pub use crate::shipped::{folders_in, project_root, trained_models};
 use crate::tokenizer::config::{self, Family};
 
 /// Where a model comes from.
@@ -78,16 +79,6 @@ impl ModelEntry {
     }
 }
 
-/// The repository root (for `assets/` and `../shared/`), from the current directory or the
-/// executable's build location.
-pub fn project_root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if manifest.join("assets").is_dir() {
-        return manifest;
-    }
-    std::env::current_dir().unwrap_or(manifest)
-}
-
 /// Family and compression of a checkpoint folder: from a variant name in its path, else from
 /// its `config.json`.
 fn describe_folder(path: &Path) -> (Option<Family>, usize, usize) {
@@ -115,36 +106,6 @@ fn describe_folder(path: &Path) -> (Option<Family>, usize, usize) {
         );
     }
     (None, 0, 0)
-}
-
-fn has_checkpoint(dir: &Path) -> bool {
-    [
-        "model.safetensors",
-        "encoder.jit",
-        "autoencoder.jit",
-        "diffusion_pytorch_model.safetensors",
-    ]
-    .iter()
-    .any(|f| dir.join(f).is_file())
-}
-
-/// Checkpoint folders directly under `dir`, sorted by name.
-/// The models Tokenscope trained and ships: checkpoint folders in `<root>/assets/models`, sorted.
-pub fn trained_models(root: &Path) -> Vec<PathBuf> {
-    folders_in(&root.join("assets/models"))
-}
-
-fn folders_in(dir: &Path) -> Vec<PathBuf> {
-    let Ok(read) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<PathBuf> = read
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_dir() && has_checkpoint(p))
-        .collect();
-    out.sort();
-    out
 }
 
 /// An entry for a folder or file on disk.

@@ -41,7 +41,7 @@ pub fn status_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
         if let Some(a) = &app.current {
             let m = &a.model;
             // Resident memory of the whole app (clip, models, results).
-            let memory = crate::cli::bench::rss_bytes()
+            let memory = crate::sys::rss_bytes()
                 .map(|b| format!(" · {:.2} GB", b as f64 / 1e9))
                 .unwrap_or_default();
             ui.label(format!(

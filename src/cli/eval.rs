@@ -227,7 +227,7 @@ fn evaluate(
         ssim_mean: summary.ssim_mean,
         encode_s: result.windows.iter().map(|w| w.encode_seconds).sum(),
         decode_s: result.windows.iter().map(|w| w.decode_seconds).sum(),
-        peak_rss_bytes: super::bench::peak_rss_bytes().unwrap_or(0),
+        peak_rss_bytes: crate::sys::peak_rss_bytes().unwrap_or(0),
         device: crate::device::describe(&device),
         dtype: format!("{dtype:?}"),
     })
@@ -368,8 +368,8 @@ fn write_csv(path: &Path, rows: &[EvalRow]) -> anyhow::Result<()> {
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     if args.models.is_empty() {
-        let root = crate::app::models::project_root();
-        let shipped: Vec<String> = crate::app::models::trained_models(&root)
+        let root = crate::shipped::project_root();
+        let shipped: Vec<String> = crate::shipped::trained_models(&root)
             .iter()
             .map(|p| p.display().to_string())
             .collect();

@@ -14,12 +14,7 @@ use crate::tokenizer::checkpoint::LoadedModel;
 use crate::tokenizer::runner::{self, Padding};
 use crate::tokenizer::Tokens;
 
-/// Whether a path names a tensor file rather than media.
-pub fn is_tensor_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
-}
+use crate::io::is_tensor_file;
 
 /// One temporal window as stored in a token file's metadata.
 #[derive(Debug, Serialize, Deserialize)]

@@ -1,12 +1,15 @@
 //! The command line: one file per subcommand. Errors are reported once, by `main`.
 
 pub(crate) mod bench;
+#[cfg(feature = "media")]
 mod eval;
 mod info;
+#[cfg(feature = "media")]
 mod media_io;
 mod models;
 mod tensors;
 mod train;
+#[cfg(feature = "gui")]
 mod view;
 
 use std::path::PathBuf;
@@ -47,6 +50,7 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run models on images/videos through the official wrapper and tabulate PSNR, SSIM, bits per
     /// pixel and timings.
+    #[cfg(feature = "media")]
     Eval(eval::EvalArgs),
     /// The released checkpoints on the Hugging Face Hub: list them with their cache status, fetch
     /// them into the cache.
@@ -54,9 +58,15 @@ enum Command {
     /// Train a Cosmos-architecture tokenizer (nano width by default) on images and videos; writes
     /// a checkpoint every command loads. Resumes when the output folder holds a run.
     Train(Box<train::TrainArgs>),
+    /// Decode images and videos into frames files (u8 tensors) that `train` reads in builds
+    /// without FFmpeg.
+    #[cfg(feature = "media")]
+    Frames(train::FramesArgs),
     /// Open the viewer: original, reconstruction and difference, metrics, tokens, rates.
+    #[cfg(feature = "gui")]
     View(view::ViewArgs),
     /// Time the viewer's frames while a model runs, and switching to a computed rate.
+    #[cfg(feature = "gui")]
     BenchUi(view::BenchUiArgs),
 }
 
@@ -130,7 +140,12 @@ pub fn resolve_model_path(spec: &str) -> anyhow::Result<PathBuf> {
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let Some(command) = cli.command else {
+        #[cfg(feature = "gui")]
         return view::run(&view::ViewArgs::default());
+        #[cfg(not(feature = "gui"))]
+        anyhow::bail!(
+            "this build has no viewer (built without the `gui` feature); see `tokenscope --help`"
+        );
     };
     match command {
         Command::Encode(args) => tensors::encode(&args, false),
@@ -142,10 +157,15 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(&args),
+        #[cfg(feature = "media")]
         Command::Eval(args) => eval::run(&args),
         Command::Models(args) => models::run(&args),
         Command::Train(args) => train::run(&args),
+        #[cfg(feature = "media")]
+        Command::Frames(args) => train::frames(&args),
+        #[cfg(feature = "gui")]
         Command::View(args) => view::run(&args),
+        #[cfg(feature = "gui")]
         Command::BenchUi(args) => view::bench_ui(&args),
     }
 }

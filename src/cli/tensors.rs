@@ -72,15 +72,24 @@ fn metadata(
 
 pub fn encode(args: &EncodeArgs, reconstruct: bool) -> anyhow::Result<()> {
     ensure_not_input(&args.output, &[&args.input, &args.model.model])?;
-    if !super::media_io::is_tensor_file(&args.input) {
-        let loaded = args.model.load()?;
-        return super::media_io::encode_media(
-            &loaded,
-            &args.input,
-            &args.output,
-            reconstruct,
-            args.window,
-            args.side_by_side,
+    if !crate::io::is_tensor_file(&args.input) {
+        #[cfg(feature = "media")]
+        {
+            let loaded = args.model.load()?;
+            return super::media_io::encode_media(
+                &loaded,
+                &args.input,
+                &args.output,
+                reconstruct,
+                args.window,
+                args.side_by_side,
+            );
+        }
+        #[cfg(not(feature = "media"))]
+        bail!(
+            "`{}` is not a .safetensors tensor file, and this build reads no images or videos \
+             (built without the `media` feature)",
+            args.input.display()
         );
     }
     let tensors = read_tensors(&args.input)?;
@@ -131,12 +140,19 @@ pub fn decode(args: &DecodeArgs) -> anyhow::Result<()> {
     let loaded = args.model.load()?;
     let stored = read_metadata(&args.tokens)?;
     if stored.contains_key("windows") {
+        #[cfg(feature = "media")]
         return super::media_io::decode_media(
             &loaded,
             &args.tokens,
             &tensors,
             &stored,
             &args.output,
+        );
+        #[cfg(not(feature = "media"))]
+        bail!(
+            "`{}` holds the tokens of an image or video, which this build cannot write back \
+             (built without the `media` feature)",
+            args.tokens.display()
         );
     }
     let model = &loaded.tokenizer;

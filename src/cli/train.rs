@@ -103,6 +103,10 @@ pub struct TrainArgs {
     /// Print a line every this many steps.
     #[arg(long, default_value_t = 10)]
     log_every: usize,
+    /// Stop after this many seconds of training (as Ctrl-C does: the step finishes and a
+    /// checkpoint is saved); a later run with the same -o resumes.
+    #[arg(long)]
+    time_limit: Option<f64>,
     #[command(flatten)]
     compute: ComputeArgs,
 }
@@ -254,6 +258,18 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             );
         });
     }
+    if let Some(seconds) = args.time_limit {
+        if !(seconds.is_finite() && seconds > 0.0) {
+            bail!("--time-limit {seconds} must be a positive number of seconds");
+        }
+        let cancel = Arc::clone(&cancel);
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+            if !cancel.swap(true, Ordering::SeqCst) {
+                eprintln!("time limit of {seconds} s reached: stopping after this step");
+            }
+        });
+    }
     let log_every = args.log_every.max(1);
     let mut report = |p: &Progress| {
         if p.step.is_multiple_of(log_every) || p.validation.is_some() || p.step == p.steps {
@@ -302,6 +318,66 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         last.map(|v| format!(": validation PSNR {:.2} dB, SSIM {:.4}", v.psnr, v.ssim))
             .unwrap_or_default()
     );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct FramesArgs {
+    /// Images or videos to decode; `clip.mp4@80-` or `clip.mp4@0-120` takes a frame range (as
+    /// `train --data` does), so that clips the demo media come from stay out.
+    #[arg(required = true, num_args = 1..)]
+    inputs: Vec<String>,
+    /// Folder for the frames files (`<input stem>.safetensors`), created if missing.
+    #[arg(long, short = 'o')]
+    output: PathBuf,
+    /// Frames are scaled so their shorter side is at most this many pixels.
+    #[arg(long, default_value_t = 360)]
+    max_side: usize,
+    /// Keep at most this many frames of each video, from the first of its range.
+    #[arg(long)]
+    max_frames: Option<usize>,
+}
+
+/// `frames`: decodes media once into frames files that `train --data` reads without FFmpeg (what
+/// headless builds, such as the CUDA kit's, train on).
+#[cfg(feature = "media")]
+pub fn frames(args: &FramesArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("creating `{}`", args.output.display()))?;
+    for text in &args.inputs {
+        let mut spec = DataSpec::parse(text)?;
+        if let Some(most) = args.max_frames {
+            let capped = spec.start + most.max(1);
+            spec.end = Some(spec.end.map_or(capped, |end| end.min(capped)));
+        }
+        let input = &spec.path;
+        let (frames, kind) = data::read_source(input, &spec, args.max_side)?;
+        let stem = input
+            .file_stem()
+            .with_context(|| format!("`{}` has no file name", input.display()))?;
+        let target = args
+            .output
+            .join(format!("{}.safetensors", stem.to_string_lossy()));
+        let name = input
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let label = match spec.end {
+            Some(end) if kind == data::SourceKind::Video => {
+                format!("{name} frames {}-{end}", spec.start)
+            }
+            _ => name,
+        };
+        data::save_frames(&target, &frames, kind, &label)?;
+        println!(
+            "{}: {} frames of {}x{} -> {}",
+            input.display(),
+            frames.frames,
+            frames.width,
+            frames.height,
+            target.display()
+        );
+    }
     Ok(())
 }
 

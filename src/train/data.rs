@@ -8,8 +8,35 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::{Result, TrainError};
+#[cfg(feature = "media")]
 use crate::media::{self, DecodeOptions, MediaKind};
 use crate::tokenizer::runner::RgbFrames;
+
+/// Whether a source is a still image or a video: videos give up a validation tail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    Image,
+    Video,
+}
+
+impl SourceKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::Video => "video",
+        }
+    }
+}
+
+#[cfg(feature = "media")]
+impl From<MediaKind> for SourceKind {
+    fn from(kind: MediaKind) -> Self {
+        match kind {
+            MediaKind::Image => Self::Image,
+            MediaKind::Video => Self::Video,
+        }
+    }
+}
 
 /// One `--data` entry: a file or folder, optionally limited to source frames `start..end`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,7 +92,7 @@ pub struct Source {
     /// File name and frame range, for the model card.
     pub label: String,
     pub frames: RgbFrames,
-    pub kind: MediaKind,
+    pub kind: SourceKind,
 }
 
 /// Training and validation material.
@@ -88,7 +115,7 @@ fn media_files(path: &Path) -> Result<Vec<PathBuf>> {
     })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && is_media_name(p))
+        .filter(|p| p.is_file() && (is_media_name(p) || crate::io::is_tensor_file(p)))
         .collect();
     files.sort();
     Ok(files)
@@ -138,25 +165,8 @@ pub fn load(
                 path: file.clone(),
                 ..spec.clone()
             };
-            let probe = media::open(
-                &file,
-                &DecodeOptions {
-                    max_frames: Some(1),
-                    ..DecodeOptions::default()
-                },
-            )
-            .map_err(|e| TrainError::Media(file.display().to_string(), e.to_string()))?;
-            let shorter = probe.frames.height.min(probe.frames.width);
-            let options = DecodeOptions {
-                start: spec.start,
-                count: spec.end.map(|e| e - spec.start),
-                resize_shorter_side: (shorter > max_side).then_some(max_side),
-                ..DecodeOptions::default()
-            };
-            let clip = media::open(&file, &options)
-                .map_err(|e| TrainError::Media(file.display().to_string(), e.to_string()))?;
-            let frames = clip.frames;
-            if clip.kind == MediaKind::Video && frames.frames >= 2 * min_validation_frames {
+            let (frames, kind) = read_source(&file, spec, max_side)?;
+            if kind == SourceKind::Video && frames.frames >= 2 * min_validation_frames {
                 let held = ((frames.frames as f64 * validation_fraction).round() as usize)
                     .max(min_validation_frames);
                 let kept = frames.frames - held;
@@ -164,18 +174,18 @@ pub fn load(
                 dataset.train.push(Source {
                     label: format!("{} frames {}-{end}", file.display(), spec.start),
                     frames: frames.slice(0, kept)?,
-                    kind: clip.kind,
+                    kind,
                 });
                 dataset.validation.push(Source {
                     label: format!("{} frames {end}-{}", file.display(), end + held),
                     frames: frames.slice(kept, held)?,
-                    kind: clip.kind,
+                    kind,
                 });
             } else {
                 dataset.train.push(Source {
                     label: entry.label(),
                     frames,
-                    kind: clip.kind,
+                    kind,
                 });
             }
         }
@@ -186,6 +196,123 @@ pub fn load(
         ));
     }
     Ok(dataset)
+}
+
+/// Name of the frames tensor in a frames file.
+const FRAMES_TENSOR: &str = "frames";
+
+/// Reads one training source: a frames file as stored (see [`save_frames`]), or an image or video
+/// decoded with its shorter side scaled to at most `max_side`.
+pub fn read_source(
+    file: &Path,
+    spec: &DataSpec,
+    max_side: usize,
+) -> Result<(RgbFrames, SourceKind)> {
+    if crate::io::is_tensor_file(file) {
+        let (frames, kind) = load_frames(file)?;
+        let end = spec.end.unwrap_or(frames.frames).min(frames.frames);
+        if spec.start >= end {
+            return Err(TrainError::Invalid(format!(
+                "`{}` has {} frames; the range starts at {}",
+                file.display(),
+                frames.frames,
+                spec.start
+            )));
+        }
+        return Ok((frames.slice(spec.start, end - spec.start)?, kind));
+    }
+    decode_source(file, spec, max_side)
+}
+
+#[cfg(feature = "media")]
+fn decode_source(file: &Path, spec: &DataSpec, max_side: usize) -> Result<(RgbFrames, SourceKind)> {
+    let media_error =
+        |e: media::MediaError| TrainError::Media(file.display().to_string(), e.to_string());
+    let probe = media::open(
+        file,
+        &DecodeOptions {
+            max_frames: Some(1),
+            ..DecodeOptions::default()
+        },
+    )
+    .map_err(media_error)?;
+    let shorter = probe.frames.height.min(probe.frames.width);
+    let options = DecodeOptions {
+        start: spec.start,
+        count: spec.end.map(|e| e - spec.start),
+        resize_shorter_side: (shorter > max_side).then_some(max_side),
+        ..DecodeOptions::default()
+    };
+    let clip = media::open(file, &options).map_err(media_error)?;
+    Ok((clip.frames, clip.kind.into()))
+}
+
+#[cfg(not(feature = "media"))]
+fn decode_source(
+    file: &Path,
+    _spec: &DataSpec,
+    _max_side: usize,
+) -> Result<(RgbFrames, SourceKind)> {
+    Err(TrainError::Media(
+        file.display().to_string(),
+        "this build decodes no images or videos (built without the `media` feature); \
+         give frames files made by `tokenscope frames` instead"
+            .into(),
+    ))
+}
+
+/// Writes decoded frames as a frames file: one u8 tensor `frames` (T, H, W, 3) and the source's
+/// kind and label in the metadata. Headless builds train on these.
+pub fn save_frames(target: &Path, frames: &RgbFrames, kind: SourceKind, label: &str) -> Result<()> {
+    let tensor = Tensor::from_slice(
+        &frames.data,
+        (frames.frames, frames.height, frames.width, 3),
+        &Device::Cpu,
+    )?;
+    let metadata = std::collections::HashMap::from([
+        ("kind".to_string(), kind.name().to_string()),
+        ("source".to_string(), label.to_string()),
+    ]);
+    crate::io::save_safetensors(target, &[(FRAMES_TENSOR, &tensor)], metadata)?;
+    Ok(())
+}
+
+/// Reads a frames file written by [`save_frames`].
+pub fn load_frames(path: &Path) -> Result<(RgbFrames, SourceKind)> {
+    let invalid = |why: String| TrainError::Media(path.display().to_string(), why);
+    let bytes = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
+    let kind = match meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("kind"))
+        .map(String::as_str)
+    {
+        Some("video") => SourceKind::Video,
+        Some("image") => SourceKind::Image,
+        other => {
+            return Err(invalid(format!(
+                "not a frames file (metadata `kind` is {other:?}, want \"image\" or \"video\"); \
+                 make one with `tokenscope frames`"
+            )))
+        }
+    };
+    let tensors = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
+    let view = tensors
+        .tensor(FRAMES_TENSOR)
+        .map_err(|_| invalid(format!("no `{FRAMES_TENSOR}` tensor")))?;
+    let (t, h, w) = match (view.dtype(), view.shape()) {
+        (safetensors::Dtype::U8, &[t, h, w, 3]) => (t, h, w),
+        (dtype, shape) => {
+            return Err(invalid(format!(
+                "`{FRAMES_TENSOR}` must be u8 (T, H, W, 3), got {dtype:?} {shape:?}"
+            )))
+        }
+    };
+    let frames = RgbFrames::new(t, h, w, view.data().to_vec())?;
+    Ok((frames, kind))
 }
 
 /// What one batch looks like.
@@ -303,6 +430,32 @@ pub fn centre_crop(clip: &RgbFrames, side: usize) -> Result<RgbFrames> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_files_round_trip_and_reject_other_tensor_files() {
+        let dir = std::env::temp_dir().join(format!("tokenscope-frames-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data: Vec<u8> = (0..2 * 4 * 6 * 3).map(|i| (i * 7 % 256) as u8).collect();
+        let frames = RgbFrames::new(2, 4, 6, data.clone()).unwrap();
+        let path = dir.join("clip.safetensors");
+        save_frames(&path, &frames, SourceKind::Video, "clip.mp4 frames 0-2").unwrap();
+        let (back, kind) = load_frames(&path).unwrap();
+        assert_eq!((back.frames, back.height, back.width), (2, 4, 6));
+        assert_eq!(back.data, data);
+        assert_eq!(kind, SourceKind::Video);
+        // A frame range applies to frames files as to videos.
+        let spec = DataSpec::parse(&format!("{}@1-", path.display())).unwrap();
+        let (tail, _) = read_source(&path, &spec, 360).unwrap();
+        assert_eq!(tail.frames, 1);
+        assert_eq!(tail.data.as_slice(), &data[4 * 6 * 3..]);
+        // A tensor file without the frames metadata is refused with a reason, not misread.
+        let other = dir.join("tokens.safetensors");
+        let t = Tensor::zeros((1, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        crate::io::save_safetensors(&other, &[("latent", &t)], Default::default()).unwrap();
+        let err = load_frames(&other).unwrap_err().to_string();
+        assert!(err.contains("not a frames file"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn data_specs_parse_frame_ranges() {
