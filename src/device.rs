@@ -74,3 +74,86 @@ pub fn describe(device: &Device) -> String {
         Device::Metal(_) => "Metal".to_string(),
     }
 }
+
+/// Device memory of a CUDA device in bytes: the high-water mark of its default memory pool (where
+/// candle's stream-ordered allocations live) and the device-wide use now. `None` off CUDA.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuMemory {
+    pub pool_peak: u64,
+    pub device_used: u64,
+    pub device_total: u64,
+}
+
+/// Resets the pool's high-water mark, so that [`gpu_memory`] reports the peak from now on.
+#[cfg(feature = "cuda")]
+pub fn reset_gpu_peak(device: &Device) -> Result<(), DeviceError> {
+    if !device.is_cuda() {
+        return Ok(());
+    }
+    let pool = default_pool(device)?;
+    let mut zero: u64 = 0;
+    // SAFETY: `pool` is the device's live default pool, and USED_MEM_HIGH takes a u64 (writing 0
+    // resets it, per the driver API).
+    unsafe {
+        cudarc::driver::sys::cuMemPoolSetAttribute(
+            pool,
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            (&mut zero as *mut u64).cast(),
+        )
+    }
+    .result()
+    .map_err(|e| DeviceError::Cuda(e.to_string()))
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn reset_gpu_peak(_device: &Device) -> Result<(), DeviceError> {
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+pub fn gpu_memory(device: &Device) -> Result<Option<GpuMemory>, DeviceError> {
+    if !device.is_cuda() {
+        return Ok(None);
+    }
+    let cuda_error = |e: cudarc::driver::DriverError| DeviceError::Cuda(e.to_string());
+    let pool = default_pool(device)?;
+    let mut peak: u64 = 0;
+    // SAFETY: as in `reset_gpu_peak`; the driver writes one u64.
+    unsafe {
+        cudarc::driver::sys::cuMemPoolGetAttribute(
+            pool,
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            (&mut peak as *mut u64).cast(),
+        )
+    }
+    .result()
+    .map_err(cuda_error)?;
+    let (free, total) = cudarc::driver::result::mem_get_info().map_err(cuda_error)?;
+    Ok(Some(GpuMemory {
+        pool_peak: peak,
+        device_used: (total - free) as u64,
+        device_total: total as u64,
+    }))
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn gpu_memory(_device: &Device) -> Result<Option<GpuMemory>, DeviceError> {
+    Ok(None)
+}
+
+#[cfg(feature = "cuda")]
+fn default_pool(device: &Device) -> Result<cudarc::driver::sys::CUmemoryPool, DeviceError> {
+    let Device::Cuda(cuda) = device else {
+        return Err(DeviceError::Cuda("not a CUDA device".into()));
+    };
+    let cuda_error = |e: cudarc::driver::DriverError| DeviceError::Cuda(e.to_string());
+    let stream = cuda.cuda_stream();
+    let context = stream.context();
+    context.bind_to_thread().map_err(cuda_error)?;
+    let mut pool: cudarc::driver::sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `pool` is a valid out-pointer and the device handle comes from a live context.
+    unsafe { cudarc::driver::sys::cuDeviceGetDefaultMemPool(&mut pool, context.cu_device()) }
+        .result()
+        .map_err(cuda_error)?;
+    Ok(pool)
+}

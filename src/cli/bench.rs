@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use clap::Args;
 
 use super::ComputeArgs;
+use crate::sys::{peak_rss_bytes, rss_bytes};
 use crate::tokenizer::config::find_variant;
 use crate::tokenizer::model::{HaarTaps, Tokenizer};
 
@@ -72,24 +73,6 @@ fn parse_shape(text: &str) -> anyhow::Result<Vec<usize>> {
     Ok(dims)
 }
 
-/// Peak resident memory of this process in bytes (Linux), if known.
-pub fn peak_rss_bytes() -> Option<u64> {
-    proc_status_bytes("VmHWM:")
-}
-
-/// Current resident memory in bytes (Linux), if known.
-pub fn rss_bytes() -> Option<u64> {
-    proc_status_bytes("VmRSS:")
-}
-
-/// A kB field of /proc/self/status, in bytes.
-fn proc_status_bytes(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     match values.len() {
@@ -132,6 +115,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let model = Tokenizer::new(cfg, HaarTaps::default(), true, true, vb)?;
     let weights_bytes = rss_bytes().unwrap_or(0).saturating_sub(rss_before);
     let input = Tensor::rand(-1f32, 1f32, dims.as_slice(), &device)?.to_dtype(dtype)?;
+    crate::device::reset_gpu_peak(&device)?;
     let mut encode_times = Vec::with_capacity(args.runs);
     let mut decode_times = Vec::with_capacity(args.runs);
     let mut totals = Vec::with_capacity(args.runs);
@@ -157,7 +141,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         median(&mut totals),
     );
     let peak = peak_rss_bytes().unwrap_or(0);
+    let gpu = crate::device::gpu_memory(&device)?;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    // Frames through the network per run: images count one each.
+    let frames_per_run = (dims.first().copied().unwrap_or(1) * frames).max(1) as f64;
+    let ms_per_frame = |seconds: f64| 1e3 * seconds / frames_per_run;
     if args.json {
         let report = serde_json::json!({
             "variant": variant.name,
@@ -173,6 +161,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "decode_s": decode_times,
             "peak_rss_bytes": peak,
             "weights_bytes": weights_bytes,
+            "frames_per_run": frames_per_run,
+            "encode_ms_per_frame": ms_per_frame(enc),
+            "decode_ms_per_frame": ms_per_frame(dec),
+            "total_ms_per_frame": ms_per_frame(total),
+            "gpu_pool_peak_bytes": gpu.map(|g| g.pool_peak),
+            "gpu_device_used_bytes": gpu.map(|g| g.device_used),
         });
         println!("{report}");
     } else {
@@ -185,8 +179,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             args.runs
         );
         println!(
-            "{:<10} {:>12} {:>10} {:>10}",
-            "stage", "median (s)", "min (s)", "max (s)"
+            "{:<10} {:>12} {:>10} {:>10} {:>14}",
+            "stage", "median (s)", "min (s)", "max (s)", "ms per frame"
         );
         for (name, values, med) in [
             ("encode", &encode_times, enc),
@@ -195,7 +189,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ] {
             let min = values.iter().copied().fold(f64::INFINITY, f64::min);
             let max = values.iter().copied().fold(0.0, f64::max);
-            println!("{name:<10} {med:>12.3} {min:>10.3} {max:>10.3}");
+            println!(
+                "{name:<10} {med:>12.3} {min:>10.3} {max:>10.3} {:>14.1}",
+                ms_per_frame(med)
+            );
+        }
+        if let Some(g) = gpu {
+            println!(
+                "peak GPU memory {:.2} GiB (memory pool high-water mark; device-wide now {:.2} of {:.0} GiB)",
+                gib(g.pool_peak),
+                gib(g.device_used),
+                gib(g.device_total)
+            );
         }
         println!(
             "peak RSS {:.2} GiB (weights {:.2} GiB)",
