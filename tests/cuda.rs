@@ -51,6 +51,7 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
 )]
 fn cuda_f32_parity_on_every_reference_model() {
     let Some(device) = cuda_device() else { return };
+    let mut checked = 0;
     for name in [
         "CI8x8-tiny",
         "CI16x16-tiny",
@@ -66,6 +67,13 @@ fn cuda_f32_parity_on_every_reference_model() {
         "DV4x8x8-LowRes-tiny",
     ] {
         let dir = model_dir(name);
+        // The CUDA kit carries a handful of the models (its reference dir is set by variable);
+        // from the repository's fixtures every one must be there.
+        if !dir.is_dir() && std::env::var_os("TOKENSCOPE_REFERENCE_DIR").is_some() {
+            eprintln!("{name}: not in this reference set, skipped");
+            continue;
+        }
+        checked += 1;
         let io = load_io(&dir.join("io.safetensors"));
         let options = LoadOptions {
             device: device.clone(),
@@ -100,7 +108,9 @@ fn cuda_f32_parity_on_every_reference_model() {
             &cpu(&recon),
             &io["reconstruction"],
         );
+        eprintln!("{name}: f32 on CUDA matches the reference");
     }
+    assert!(checked > 0, "no reference model was found");
 }
 
 #[test]

@@ -8,9 +8,12 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 
-/// `../shared/reference` next to the repository (read-only fixtures made with NVIDIA's code).
+/// `../shared/reference` next to the repository (read-only fixtures made with NVIDIA's code), or
+/// `$TOKENSCOPE_REFERENCE_DIR` (the CUDA kit carries a subset of it, away from the repository).
 pub fn reference_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference");
+    let dir = std::env::var_os("TOKENSCOPE_REFERENCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"));
     assert!(
         dir.is_dir(),
         "reference fixtures not found at {} (CI lays shared/ next to the clone)",
