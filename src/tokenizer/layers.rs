@@ -6,7 +6,7 @@
 //! the batch for free, and a (3,1,1) causal convolution becomes one matrix product over channels of
 //! three time-shifted frames.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::{kernels, ops};
@@ -296,43 +296,4 @@ impl Norm {
     }
 }
 
-/// Softmax over the last axis, computed in f32 for half-precision inputs.
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let dtype = x.dtype();
-    if matches!(dtype, DType::BF16 | DType::F16) {
-        candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)
-    } else {
-        candle_nn::ops::softmax_last_dim(x)
-    }
-}
-
-/// Single-head dot-product attention over `(N, C, S)` queries, keys and values with scale
-/// `C^-1/2`; with `causal`, position `i` sees keys `j <= i` only. Returns `(N, C, S)`.
-pub fn attention_channels_first(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    causal: bool,
-) -> Result<Tensor> {
-    let (_, c, s) = q.dims3()?;
-    let scale = 1.0 / (c as f64).sqrt();
-    // (N, S, C) x (N, C, S) → (N, S_q, S_k)
-    let scores = (q.transpose(1, 2)?.contiguous()?.matmul(&k.contiguous()?)? * scale)?;
-    let scores = if causal {
-        scores.broadcast_add(&causal_mask(s, scores.dtype(), scores.device())?)?
-    } else {
-        scores
-    };
-    let weights = softmax_last(&scores)?;
-    // (N, C, S_k) x (N, S_k, S_q) → (N, C, S_q)
-    v.contiguous()?
-        .matmul(&weights.transpose(1, 2)?.contiguous()?)
-}
-
-/// (S, S) additive mask: 0 on and below the diagonal, −∞ above.
-fn causal_mask(size: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
-    let values: Vec<f32> = (0..size)
-        .flat_map(|i| (0..size).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    Tensor::from_vec(values, (size, size), device)?.to_dtype(dtype)
-}
+pub use super::attention::{attention_channels_first, softmax_last};

@@ -1,5 +1,6 @@
 //! The Cosmos tokenizer networks in candle. Knows nothing about media files or the UI.
 
+pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod fsq;
