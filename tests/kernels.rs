@@ -610,3 +610,27 @@ fn causal_temporal_conv_matches_padded_reference() {
     let err = kernels::causal_temporal_conv(&x, &w, None, 3, 2).unwrap_err();
     assert!(err.to_string().contains("fewer than the kernel"), "{err}");
 }
+
+/// `TOKENSCOPE_ATTENTION=materialised|blocked cargo test --test kernels -- --ignored --nocapture
+/// bench_attention` under `/usr/bin/time -v`: one mid-block spatial attention of
+/// full-size CV8x8x8 at 720p (3 latent frames of 90×160 cells, 512 channels).
+#[test]
+#[ignore = "benchmark: run by hand"]
+fn bench_attention() {
+    use tokenscope::tokenizer::attention;
+    let (n, c, s) = (3, 512, 90 * 160);
+    let q = Tensor::randn(0f32, 1.0, (n, c, s), &Device::Cpu).unwrap();
+    let k = Tensor::randn(0f32, 1.0, (n, c, s), &Device::Cpu).unwrap();
+    let v = Tensor::randn(0f32, 1.0, (n, c, s), &Device::Cpu).unwrap();
+    let method = std::env::var("TOKENSCOPE_ATTENTION").unwrap_or_else(|_| "blocked".into());
+    let started = std::time::Instant::now();
+    let out = match method.as_str() {
+        "materialised" => attention::attention_materialised(&q, &k, &v, false).unwrap(),
+        _ => attention::attention_channels_first(&q, &k, &v, false).unwrap(),
+    };
+    println!(
+        "{method}: ({n}, {c}, {s}) in {:.2} s, output {:?}",
+        started.elapsed().as_secs_f64(),
+        out.dims()
+    );
+}

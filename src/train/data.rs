@@ -166,24 +166,28 @@ pub fn load(
                 ..spec.clone()
             };
             let (frames, kind) = read_source(&file, spec, max_side)?;
+            // Frames files name the media they were cut from (and its frame range), for the card.
+            let origin = frames_file_source(&file)
+                .map(|source| format!(" (from {source})"))
+                .unwrap_or_default();
             if kind == SourceKind::Video && frames.frames >= 2 * min_validation_frames {
                 let held = ((frames.frames as f64 * validation_fraction).round() as usize)
                     .max(min_validation_frames);
                 let kept = frames.frames - held;
                 let end = spec.start + kept;
                 dataset.train.push(Source {
-                    label: format!("{} frames {}-{end}", file.display(), spec.start),
+                    label: format!("{} frames {}-{end}{origin}", file.display(), spec.start),
                     frames: frames.slice(0, kept)?,
                     kind,
                 });
                 dataset.validation.push(Source {
-                    label: format!("{} frames {end}-{}", file.display(), end + held),
+                    label: format!("{} frames {end}-{}{origin}", file.display(), end + held),
                     frames: frames.slice(kept, held)?,
                     kind,
                 });
             } else {
                 dataset.train.push(Source {
-                    label: entry.label(),
+                    label: format!("{}{origin}", entry.label()),
                     frames,
                     kind,
                 });
@@ -275,6 +279,30 @@ pub fn save_frames(target: &Path, frames: &RgbFrames, kind: SourceKind, label: &
     ]);
     crate::io::save_safetensors(target, &[(FRAMES_TENSOR, &tensor)], metadata)?;
     Ok(())
+}
+
+/// The `source` a frames file records (the media file and frame range it was decoded from);
+/// `None` for anything else.
+pub fn frames_file_source(path: &Path) -> Option<String> {
+    use std::io::Read;
+    if !crate::io::is_tensor_file(path) {
+        return None;
+    }
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut size = [0u8; 8];
+    file.read_exact(&mut size).ok()?;
+    let size = usize::try_from(u64::from_le_bytes(size)).ok()?;
+    // safetensors caps its header at 100 MB; a frames file's is a few hundred bytes.
+    if size > 1 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; size];
+    file.read_exact(&mut header).ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    json.get("__metadata__")?
+        .get("source")?
+        .as_str()
+        .map(str::to_string)
 }
 
 /// Reads a frames file written by [`save_frames`].
@@ -443,6 +471,10 @@ mod tests {
         assert_eq!((back.frames, back.height, back.width), (2, 4, 6));
         assert_eq!(back.data, data);
         assert_eq!(kind, SourceKind::Video);
+        assert_eq!(
+            frames_file_source(&path).as_deref(),
+            Some("clip.mp4 frames 0-2")
+        );
         // A frame range applies to frames files as to videos.
         let spec = DataSpec::parse(&format!("{}@1-", path.display())).unwrap();
         let (tail, _) = read_source(&path, &spec, 360).unwrap();
