@@ -186,7 +186,13 @@ pub fn attention_cpu(
     if query_block == 0 || key_block == 0 || c == 0 || s == 0 {
         candle_core::bail!("attention: empty blocks or inputs ({n}, {c}, {s})");
     }
-    let values = |t: &Tensor| t.contiguous()?.flatten_all()?.to_vec1::<f32>();
+    // Position-major (N, S, C) copies: every GEMM below then reads channels with unit stride.
+    let values = |t: &Tensor| {
+        t.transpose(1, 2)?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1::<f32>()
+    };
     let (qs, ks, vs) = (values(q)?, values(k)?, values(v)?);
     let item = c * s;
     let scale = 1.0 / (c as f32).sqrt();
@@ -231,7 +237,7 @@ struct BlockGeometry {
     scale: f32,
 }
 
-/// One query block of one item: `out` is its (rows, C) output, row-major.
+/// One query block of one item (q, k, v position-major, S × C): `out` is its (rows, C) output.
 fn attend_block(g: &BlockGeometry, (q, k, v): (&[f32], &[f32], &[f32]), out: &mut [f32]) {
     let BlockGeometry {
         s,
@@ -249,9 +255,10 @@ fn attend_block(g: &BlockGeometry, (q, k, v): (&[f32], &[f32], &[f32]), out: &mu
     let key_end = if causal { q0 + rows } else { s };
     for k0 in (0..key_end).step_by(key_block) {
         let cols = key_block.min(key_end - k0);
-        // SAFETY: every matrix stays inside its slice. Queries: rows × C at q[c·S + q0 + i]
-        // (i < rows, q0 + rows <= S); keys: C × cols at k[c·S + k0 + j] (k0 + cols <= S); scores:
-        // rows × cols with row stride key_block inside `scores` (rows·key_block long).
+        // SAFETY: every matrix stays inside its slice (position-major, S × C). Queries: rows × C
+        // at q[(q0 + i)·C + ch] (q0 + rows <= S); keys as C × cols at k[(k0 + j)·C + ch]
+        // (k0 + cols <= S); scores: rows × cols with row stride key_block inside `scores`
+        // (rows·key_block long).
         unsafe {
             gemm::gemm(
                 rows,
@@ -261,12 +268,12 @@ fn attend_block(g: &BlockGeometry, (q, k, v): (&[f32], &[f32], &[f32]), out: &mu
                 1,
                 key_block as isize,
                 false,
-                q.as_ptr().add(q0),
-                s as isize,
+                q.as_ptr().add(q0 * c),
                 1,
-                k.as_ptr().add(k0),
+                c as isize,
+                k.as_ptr().add(k0 * c),
+                c as isize,
                 1,
-                s as isize,
                 0.0,
                 scale,
                 false,
@@ -308,7 +315,7 @@ fn attend_block(g: &BlockGeometry, (q, k, v): (&[f32], &[f32], &[f32]), out: &mu
                 }
             }
         }
-        // out (rows × C) += P (rows × cols) · Vᵀ (cols × C), Vᵀ[j][ch] = v[ch·S + k0 + j].
+        // out (rows × C) += P (rows × cols) · V (cols × C), V[j][ch] = v[(k0 + j)·C + ch].
         // SAFETY: as above; `out` is rows × C with row stride C.
         unsafe {
             gemm::gemm(
@@ -322,9 +329,9 @@ fn attend_block(g: &BlockGeometry, (q, k, v): (&[f32], &[f32], &[f32]), out: &mu
                 scores.as_ptr(),
                 1,
                 key_block as isize,
-                v.as_ptr().add(k0),
-                s as isize,
+                v.as_ptr().add(k0 * c),
                 1,
+                c as isize,
                 1.0,
                 1.0,
                 false,
