@@ -131,7 +131,7 @@ pub fn gpu_memory(device: &Device) -> Result<Option<GpuMemory>, DeviceError> {
     let (free, total) = cudarc::driver::result::mem_get_info().map_err(cuda_error)?;
     Ok(Some(GpuMemory {
         pool_peak: peak,
-        device_used: (total - free) as u64,
+        device_used: total.saturating_sub(free) as u64,
         device_total: total as u64,
     }))
 }
