@@ -102,7 +102,12 @@ pub fn reset_gpu_peak(device: &Device) -> Result<(), DeviceError> {
         )
     }
     .result()
-    .map_err(|e| DeviceError::Cuda(e.to_string()))
+    .map_err(cuda_error)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_error(error: cudarc::driver::DriverError) -> DeviceError {
+    DeviceError::Cuda(error.to_string())
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -115,7 +120,6 @@ pub fn gpu_memory(device: &Device) -> Result<Option<GpuMemory>, DeviceError> {
     if !device.is_cuda() {
         return Ok(None);
     }
-    let cuda_error = |e: cudarc::driver::DriverError| DeviceError::Cuda(e.to_string());
     let pool = default_pool(device)?;
     let mut peak: u64 = 0;
     // SAFETY: as in `reset_gpu_peak`; the driver writes one u64.
@@ -146,7 +150,6 @@ fn default_pool(device: &Device) -> Result<cudarc::driver::sys::CUmemoryPool, De
     let Device::Cuda(cuda) = device else {
         return Err(DeviceError::Cuda("not a CUDA device".into()));
     };
-    let cuda_error = |e: cudarc::driver::DriverError| DeviceError::Cuda(e.to_string());
     let stream = cuda.cuda_stream();
     let context = stream.context();
     context.bind_to_thread().map_err(cuda_error)?;

@@ -351,7 +351,8 @@ pub fn frames(args: &FramesArgs) -> anyhow::Result<()> {
             spec.end = Some(spec.end.map_or(capped, |end| end.min(capped)));
         }
         let input = &spec.path;
-        let (frames, kind) = data::read_source(input, &spec, args.max_side)?;
+        let data::DecodedSource { frames, kind, .. } =
+            data::read_source(input, &spec, args.max_side)?;
         let stem = input
             .file_stem()
             .with_context(|| format!("`{}` has no file name", input.display()))?;

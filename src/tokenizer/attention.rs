@@ -17,6 +17,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 
+use super::kernels;
 use super::ops::exp_f32;
 
 type Result<T> = candle_core::Result<T>;
@@ -37,8 +38,7 @@ pub fn attention_channels_first(
     causal: bool,
 ) -> Result<Tensor> {
     let (_, _, s) = q.dims3()?;
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op();
-    if cpu_f32(q) && cpu_f32(k) && cpu_f32(v) {
+    if kernels::fast_path_applies(q, k, Some(v)) {
         if s <= CPU_KEY_BLOCK {
             return attention_materialised(q, k, v, causal);
         }
@@ -116,10 +116,9 @@ pub fn attention_ops(
     for q0 in (0..s).step_by(query_block) {
         let rows = query_block.min(s - q0);
         let q_chunk = q_rows.narrow(1, q0, rows)?;
-        let mut max: Option<Tensor> = None;
-        let mut sum: Option<Tensor> = None;
-        let mut acc: Option<Tensor> = None; // (N, rows, C), f32
-                                            // Causal: keys after the chunk's last query contribute nothing.
+        // Running (max, sum, output) per query, f32; the output is (N, rows, C).
+        let mut running: Option<(Tensor, Tensor, Tensor)> = None;
+        // Causal: keys after the chunk's last query contribute nothing.
         let key_end = if causal { q0 + rows } else { s };
         for k0 in (0..key_end).step_by(key_block) {
             let cols = key_block.min(key_end - k0);
@@ -131,8 +130,8 @@ pub fn attention_ops(
                 scores
             };
             let block_max = scores.max_keepdim(D::Minus1)?;
-            let new_max = match &max {
-                Some(m) => m.maximum(&block_max)?,
+            let new_max = match &running {
+                Some((max, _, _)) => max.maximum(&block_max)?,
                 None => block_max,
             };
             let p = scores.broadcast_sub(&new_max)?.exp()?;
@@ -140,19 +139,19 @@ pub fn attention_ops(
             let v_block = v.narrow(2, k0, cols)?.transpose(1, 2)?.contiguous()?;
             let pv = p.to_dtype(dtype)?.matmul(&v_block)?.to_dtype(DType::F32)?;
             let p_sum = p.sum_keepdim(D::Minus1)?;
-            (sum, acc) = match (&max, sum, acc) {
-                (Some(old_max), Some(old_sum), Some(old_acc)) => {
-                    let correction = (old_max - &new_max)?.exp()?;
+            running = Some(match running {
+                Some((max, sum, acc)) => {
+                    let correction = (max - &new_max)?.exp()?;
                     (
-                        Some((old_sum * &correction)?.add(&p_sum)?),
-                        Some(old_acc.broadcast_mul(&correction)?.add(&pv)?),
+                        new_max,
+                        (sum * &correction)?.add(&p_sum)?,
+                        acc.broadcast_mul(&correction)?.add(&pv)?,
                     )
                 }
-                _ => (Some(p_sum), Some(pv)),
-            };
-            max = Some(new_max);
+                None => (new_max, p_sum, pv),
+            });
         }
-        let (Some(sum), Some(acc)) = (sum, acc) else {
+        let Some((_, sum, acc)) = running else {
             candle_core::bail!("attention over an empty sequence");
         };
         chunks.push(acc.broadcast_div(&sum)?);

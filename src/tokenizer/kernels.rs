@@ -306,8 +306,9 @@ pub fn causal_temporal_conv(
     Tensor::from_vec(out, (b, out_t, o, pixels), &Device::Cpu).map(Some)
 }
 
-/// The fast path handles CPU f32 tensors outside of any autograd graph.
-fn fast_path_applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
+/// The fast path handles CPU f32 tensors outside of any autograd graph (also the attention
+/// kernel's condition).
+pub(crate) fn fast_path_applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
     let ok = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op();
     ok(x) && ok(weight) && bias.is_none_or(ok)
 }

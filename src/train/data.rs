@@ -165,9 +165,13 @@ pub fn load(
                 path: file.clone(),
                 ..spec.clone()
             };
-            let (frames, kind) = read_source(&file, spec, max_side)?;
+            let DecodedSource {
+                frames,
+                kind,
+                origin,
+            } = read_source(&file, spec, max_side)?;
             // Frames files name the media they were cut from (and its frame range), for the card.
-            let origin = frames_file_source(&file)
+            let origin = origin
                 .map(|source| format!(" (from {source})"))
                 .unwrap_or_default();
             if kind == SourceKind::Video && frames.frames >= 2 * min_validation_frames {
@@ -205,15 +209,21 @@ pub fn load(
 /// Name of the frames tensor in a frames file.
 const FRAMES_TENSOR: &str = "frames";
 
+/// One source read into memory.
+#[derive(Clone, Debug)]
+pub struct DecodedSource {
+    pub frames: RgbFrames,
+    pub kind: SourceKind,
+    /// For a frames file: the media file and frame range it was decoded from, as it records.
+    pub origin: Option<String>,
+}
+
 /// Reads one training source: a frames file as stored (see [`save_frames`]), or an image or video
 /// decoded with its shorter side scaled to at most `max_side`.
-pub fn read_source(
-    file: &Path,
-    spec: &DataSpec,
-    max_side: usize,
-) -> Result<(RgbFrames, SourceKind)> {
+pub fn read_source(file: &Path, spec: &DataSpec, max_side: usize) -> Result<DecodedSource> {
     if crate::io::is_tensor_file(file) {
-        let (frames, kind) = load_frames(file)?;
+        let stored = load_frames(file)?;
+        let frames = &stored.frames;
         let end = spec.end.unwrap_or(frames.frames).min(frames.frames);
         if spec.start >= end {
             return Err(TrainError::Invalid(format!(
@@ -223,13 +233,16 @@ pub fn read_source(
                 spec.start
             )));
         }
-        return Ok((frames.slice(spec.start, end - spec.start)?, kind));
+        return Ok(DecodedSource {
+            frames: frames.slice(spec.start, end - spec.start)?,
+            ..stored
+        });
     }
     decode_source(file, spec, max_side)
 }
 
 #[cfg(feature = "media")]
-fn decode_source(file: &Path, spec: &DataSpec, max_side: usize) -> Result<(RgbFrames, SourceKind)> {
+fn decode_source(file: &Path, spec: &DataSpec, max_side: usize) -> Result<DecodedSource> {
     let media_error =
         |e: media::MediaError| TrainError::Media(file.display().to_string(), e.to_string());
     let probe = media::open(
@@ -248,15 +261,15 @@ fn decode_source(file: &Path, spec: &DataSpec, max_side: usize) -> Result<(RgbFr
         ..DecodeOptions::default()
     };
     let clip = media::open(file, &options).map_err(media_error)?;
-    Ok((clip.frames, clip.kind.into()))
+    Ok(DecodedSource {
+        frames: clip.frames,
+        kind: clip.kind.into(),
+        origin: None,
+    })
 }
 
 #[cfg(not(feature = "media"))]
-fn decode_source(
-    file: &Path,
-    _spec: &DataSpec,
-    _max_side: usize,
-) -> Result<(RgbFrames, SourceKind)> {
+fn decode_source(file: &Path, _spec: &DataSpec, _max_side: usize) -> Result<DecodedSource> {
     Err(TrainError::Media(
         file.display().to_string(),
         "this build decodes no images or videos (built without the `media` feature); \
@@ -281,42 +294,15 @@ pub fn save_frames(target: &Path, frames: &RgbFrames, kind: SourceKind, label: &
     Ok(())
 }
 
-/// The `source` a frames file records (the media file and frame range it was decoded from);
-/// `None` for anything else.
-pub fn frames_file_source(path: &Path) -> Option<String> {
-    use std::io::Read;
-    if !crate::io::is_tensor_file(path) {
-        return None;
-    }
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut size = [0u8; 8];
-    file.read_exact(&mut size).ok()?;
-    let size = usize::try_from(u64::from_le_bytes(size)).ok()?;
-    // safetensors caps its header at 100 MB; a frames file's is a few hundred bytes.
-    if size > 1 << 20 {
-        return None;
-    }
-    let mut header = vec![0u8; size];
-    file.read_exact(&mut header).ok()?;
-    let json: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    json.get("__metadata__")?
-        .get("source")?
-        .as_str()
-        .map(str::to_string)
-}
-
 /// Reads a frames file written by [`save_frames`].
-pub fn load_frames(path: &Path) -> Result<(RgbFrames, SourceKind)> {
+pub fn load_frames(path: &Path) -> Result<DecodedSource> {
     let invalid = |why: String| TrainError::Media(path.display().to_string(), why);
     let bytes = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
-    let kind = match meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("kind"))
-        .map(String::as_str)
-    {
+    let not_safetensors =
+        |e: safetensors::SafeTensorError| invalid(format!("not a safetensors file: {e}"));
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(not_safetensors)?;
+    let metadata = header.metadata().as_ref();
+    let kind = match metadata.and_then(|m| m.get("kind")).map(String::as_str) {
         Some("video") => SourceKind::Video,
         Some("image") => SourceKind::Image,
         other => {
@@ -326,8 +312,8 @@ pub fn load_frames(path: &Path) -> Result<(RgbFrames, SourceKind)> {
             )))
         }
     };
-    let tensors = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
+    let origin = metadata.and_then(|m| m.get("source")).cloned();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(not_safetensors)?;
     let view = tensors
         .tensor(FRAMES_TENSOR)
         .map_err(|_| invalid(format!("no `{FRAMES_TENSOR}` tensor")))?;
@@ -340,7 +326,11 @@ pub fn load_frames(path: &Path) -> Result<(RgbFrames, SourceKind)> {
         }
     };
     let frames = RgbFrames::new(t, h, w, view.data().to_vec())?;
-    Ok((frames, kind))
+    Ok(DecodedSource {
+        frames,
+        kind,
+        origin,
+    })
 }
 
 /// What one batch looks like.
@@ -467,17 +457,18 @@ mod tests {
         let frames = RgbFrames::new(2, 4, 6, data.clone()).unwrap();
         let path = dir.join("clip.safetensors");
         save_frames(&path, &frames, SourceKind::Video, "clip.mp4 frames 0-2").unwrap();
-        let (back, kind) = load_frames(&path).unwrap();
+        let DecodedSource {
+            frames: back,
+            kind,
+            origin,
+        } = load_frames(&path).unwrap();
         assert_eq!((back.frames, back.height, back.width), (2, 4, 6));
         assert_eq!(back.data, data);
         assert_eq!(kind, SourceKind::Video);
-        assert_eq!(
-            frames_file_source(&path).as_deref(),
-            Some("clip.mp4 frames 0-2")
-        );
+        assert_eq!(origin.as_deref(), Some("clip.mp4 frames 0-2"));
         // A frame range applies to frames files as to videos.
         let spec = DataSpec::parse(&format!("{}@1-", path.display())).unwrap();
-        let (tail, _) = read_source(&path, &spec, 360).unwrap();
+        let tail = read_source(&path, &spec, 360).unwrap().frames;
         assert_eq!(tail.frames, 1);
         assert_eq!(tail.data.as_slice(), &data[4 * 6 * 3..]);
         // A tensor file without the frames metadata is refused with a reason, not misread.
