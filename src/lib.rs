@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: media is decoded, tokenized by [`tokenizer`], measured and shown.
 
+pub mod analysis;
 #[cfg(feature = "gui")]
 pub mod app;
 pub mod cli;

@@ -160,6 +160,31 @@ fn failures_exit_non_zero_with_one_line() {
             ],
             "unknown variant",
         ),
+        (
+            // 8K video with the full-size network: refused before the input is allocated.
+            vec![
+                "bench".into(),
+                "--variant".into(),
+                "CV8x8x8".into(),
+                "--input-shape".into(),
+                "1x3x17x4320x7680".into(),
+                "--memory-budget".into(),
+                "8GiB".into(),
+            ],
+            "needs about",
+        ),
+        (
+            vec![
+                "bench".into(),
+                "--variant".into(),
+                "CI8x8".into(),
+                "--input-shape".into(),
+                "1x3x64x64".into(),
+                "--memory-budget".into(),
+                "plenty".into(),
+            ],
+            "not a memory size",
+        ),
     ];
     for (args, expected) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -170,4 +195,37 @@ fn failures_exit_non_zero_with_one_line() {
         assert!(error_lines[0].contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// The memory planner's estimate stays within ±25% of the peak `bench` measures, over video and
+/// image networks, short and long windows, small and larger frames.
+#[test]
+fn planner_estimates_match_measured_peaks() {
+    let mut report = Vec::new();
+    for (variant, shape) in [
+        ("CV8x8x8", "1x3x17x128x128"),
+        ("CV8x8x8", "1x3x17x256x256"),
+        ("CV8x8x8", "1x3x1x256x256"),
+        ("CV4x8x8", "1x3x17x256x256"),
+        ("CI8x8", "1x3x512x512"),
+    ] {
+        let (ok, stdout, stderr) = tokenscope(&[
+            "bench",
+            "--variant",
+            variant,
+            "--input-shape",
+            shape,
+            "--runs",
+            "0",
+            "--json",
+        ]);
+        assert!(ok, "{stderr}");
+        let row: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        let measured = row["peak_rss_bytes"].as_f64().unwrap();
+        let estimated = row["estimated_peak_bytes"].as_f64().unwrap();
+        let ratio = estimated / measured;
+        report.push(format!("{variant} {shape}: estimate/measured {ratio:.2}"));
+        assert!((0.75..=1.25).contains(&ratio), "{report:?}");
+    }
+    eprintln!("{}", report.join("\n"));
 }

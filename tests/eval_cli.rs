@@ -31,15 +31,19 @@ fn eval_prints_a_full_row_and_writes_json_and_csv() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    // The video model gives a full row; the image model on a video fails with a clear reason.
+    // The video model gives a full row; the image model takes the video frame by frame.
     let row = stdout
         .lines()
         .find(|l| l.contains("CV8x8x8-tiny"))
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(row.contains("8x8x8") && row.contains("2x16x"), "{row}");
+    let image_row = stdout
+        .lines()
+        .find(|l| l.contains("DI8x8-tiny"))
+        .unwrap_or_else(|| panic!("{stdout}"));
     assert!(
-        stdout.contains("image tokenizer") && stdout.contains("9 frames"),
-        "{stdout}"
+        image_row.contains("1x16x") && image_row.contains("×9"),
+        "{image_row}"
     );
     let rows: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -74,8 +78,15 @@ fn eval_prints_a_full_row_and_writes_json_and_csv() {
     assert!((bpp - expected).abs() < 1e-9, "bpp {bpp} vs {expected}");
     let psnr = row["psnr_clip"].as_f64().unwrap();
     assert!(psnr.is_finite() && psnr > 0.0);
+    // The image model: one 64,000-code token per 8x8 cell of every frame.
+    let image = &rows[1];
+    assert_eq!(image["frames"], 9);
+    let cells = latent(h) * latent(w);
+    let expected = cells * 64000f64.log2() / (w * h);
+    let bpp = image["bits_per_pixel"].as_f64().unwrap();
+    assert!((bpp - expected).abs() < 1e-9, "bpp {bpp} vs {expected}");
     let csv_text = std::fs::read_to_string(&csv).unwrap();
-    assert_eq!(csv_text.lines().count(), 2, "{csv_text}");
+    assert_eq!(csv_text.lines().count(), 3, "{csv_text}");
     assert!(csv_text.starts_with("input,model,variant"));
 }
 
@@ -191,4 +202,77 @@ fn eval_without_models_uses_the_shipped_ones_or_says_what_to_do() {
         stderr.contains("no --models given") && stderr.contains("assets/models"),
         "{stderr}"
     );
+}
+
+/// Runs `eval` with the JSON output and returns its one row.
+fn eval_row(
+    input: &std::path::Path,
+    model: &str,
+    extra: &[&str],
+    json: &std::path::Path,
+) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_tokenscope"))
+        .arg("eval")
+        .arg(input)
+        .args(["--models", model])
+        .args(extra)
+        .arg("--json")
+        .arg(json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    rows[0].clone()
+}
+
+/// A 1080p clip under a small `--memory-budget`: the planner tiles, the process's peak stays
+/// within 20% of the budget (the estimate's tolerance), and the result stays close to the
+/// untiled one.
+#[test]
+fn eval_under_a_small_memory_budget_tiles_and_stays_within_it() {
+    let dir = std::env::temp_dir().join(format!("tokenscope-budget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (frames, height, width) = (3, 1080, 1920);
+    let mut data = Vec::with_capacity(frames * height * width * 3);
+    for t in 0..frames {
+        for y in 0..height {
+            for x in 0..width {
+                let v = |k: usize| {
+                    (((x * (3 + k) + y * (2 + k) + t * 7) as f64 / 40.0).sin() * 90.0 + 128.0) as u8
+                };
+                data.extend_from_slice(&[v(0), v(1), v(2)]);
+            }
+        }
+    }
+    let clip = tokenscope::media::RgbFrames::new(frames, height, width, data).unwrap();
+    let input = dir.join("hd.mkv");
+    tokenscope::media::write(&clip, 24.0, &input, &[]).unwrap();
+    let model = model_dir("CI8x8-tiny");
+    let model = model.to_str().unwrap();
+    let whole = eval_row(&input, model, &[], &dir.join("whole.json"));
+    assert!(whole["tiling"].is_null(), "{whole}");
+    let estimate = whole["estimated_peak_bytes"].as_f64().unwrap();
+    let budget = (0.7 * estimate) as u64;
+    let tiled = eval_row(
+        &input,
+        model,
+        &["--memory-budget", &budget.to_string()],
+        &dir.join("tiled.json"),
+    );
+    assert!(tiled["tiling"].as_u64().is_some(), "{tiled}");
+    let peak = tiled["peak_rss_bytes"].as_f64().unwrap();
+    assert!(
+        peak <= 1.2 * budget as f64,
+        "peak {peak} over the budget {budget} (+20%)"
+    );
+    assert!(tiled["estimated_peak_bytes"].as_f64().unwrap() <= budget as f64);
+    assert_eq!(tiled["frames"], 3);
+    let (a, b) = (
+        whole["psnr_clip"].as_f64().unwrap(),
+        tiled["psnr_clip"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1.0, "untiled {a:.2} dB, tiled {b:.2} dB");
 }

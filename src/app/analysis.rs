@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::media::RgbFrames;
 use crate::metrics::{ClipMetrics, ClipSummary};
-use crate::tokenizer::fsq::{self, CODEBOOK_SIZE};
+use crate::tokenizer::fsq;
 use crate::tokenizer::runner::{Padding, RunResult};
 use crate::tokenizer::Tokens;
 
@@ -187,23 +187,6 @@ pub fn training_shorter_side(variant: &str) -> usize {
     } else {
         720
     }
-}
-
-/// Bits per source pixel: log2(64000) per discrete token, the latent's channels at the compute
-/// dtype's width per continuous position (as `tokenscope eval`).
-pub fn bits_per_pixel(
-    positions: usize,
-    discrete: bool,
-    channels: usize,
-    dtype: DType,
-    pixels: usize,
-) -> f64 {
-    let per = if discrete {
-        (CODEBOOK_SIZE as f64).log2()
-    } else {
-        (channels * dtype.size_in_bytes() * 8) as f64
-    };
-    positions as f64 * per / pixels.max(1) as f64
 }
 
 /// Per-frame PSNR/SSIM of a reconstruction against frames `start..` of the original.
@@ -502,11 +485,11 @@ pub fn analyse(
         }))
     });
     let mut analysis = Analysis {
-        bits_per_pixel: bits_per_pixel(
+        bits_per_pixel: crate::analysis::stream::bits_per_pixel(
             positions,
             model.discrete,
             model.latent_channels,
-            dtype,
+            dtype.size_in_bytes() * 8,
             pixels,
         ),
         encode_ms_per_frame: encode_s * 1e3 / frames.max(1) as f64,
@@ -574,12 +557,5 @@ mod tests {
         assert_eq!(rgb.len(), 4);
         let reds: Vec<u8> = rgb.iter().map(|p| p[0]).collect();
         assert!(reds.windows(2).all(|w| w[0] <= w[1]) || reds.windows(2).all(|w| w[0] >= w[1]));
-    }
-
-    #[test]
-    fn bits_per_pixel_follows_eval() {
-        // One discrete token per 8x8x8 block.
-        let bpp = bits_per_pixel(1, true, 6, DType::F32, 8 * 8 * 8);
-        assert!((bpp - (64000f64).log2() / 512.0).abs() < 1e-12);
     }
 }

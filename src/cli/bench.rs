@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use clap::Args;
 
 use super::ComputeArgs;
+use crate::analysis::plan;
 use crate::sys::{peak_rss_bytes, rss_bytes};
 use crate::tokenizer::config::find_variant;
 use crate::tokenizer::model::{HaarTaps, Tokenizer};
@@ -25,6 +26,15 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Refuse shapes whose estimated peak exceeds this (`8GiB`, `500MB`); default: what the
+    /// process holds plus 80% of the available memory.
+    #[arg(long, value_parser = parse_budget)]
+    memory_budget: Option<u64>,
+}
+
+/// `--memory-budget` values, checked when the arguments are read.
+pub fn parse_budget(text: &str) -> Result<u64, String> {
+    crate::analysis::plan::parse_size(text).map_err(|e| e.to_string())
 }
 
 /// Random weights: N(0, 1/fan_in) for convolutions, ones for norms and biases.
@@ -114,6 +124,30 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let vb = candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone());
     let model = Tokenizer::new(cfg, HaarTaps::default(), true, true, vb)?;
     let weights_bytes = rss_bytes().unwrap_or(0).saturating_sub(rss_before);
+    // Bench runs the network on the whole input at once (no windows, no tiles): refuse what
+    // cannot fit before the input is allocated.
+    let budget = args
+        .memory_budget
+        .map_or_else(|| plan::default_budget(&device), plan::Budget::given);
+    let estimate = plan::held_bytes(&device)
+        + plan::network_working_bytes(
+            cfg,
+            frames,
+            height,
+            width,
+            dims.first().copied().unwrap_or(1),
+            dtype,
+            plan::Target::of(&device),
+        );
+    if estimate > budget.bytes {
+        bail!(
+            "{} on {} needs about {} but the memory budget is {}: try a smaller shape or raise --memory-budget",
+            variant.name,
+            args.input_shape,
+            plan::human_bytes(estimate),
+            budget
+        );
+    }
     let input = Tensor::rand(-1f32, 1f32, dims.as_slice(), &device)?.to_dtype(dtype)?;
     crate::device::reset_gpu_peak(&device)?;
     let mut encode_times = Vec::with_capacity(args.runs);
@@ -161,6 +195,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "decode_s": decode_times,
             "peak_rss_bytes": peak,
             "weights_bytes": weights_bytes,
+            "estimated_peak_bytes": estimate,
             "frames_per_run": frames_per_run,
             "encode_ms_per_frame": ms_per_frame(enc),
             "decode_ms_per_frame": ms_per_frame(dec),
@@ -203,9 +238,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             );
         }
         println!(
-            "peak RSS {:.2} GiB (weights {:.2} GiB)",
+            "peak RSS {:.2} GiB (weights {:.2} GiB); the planner expected {:.2} GiB",
             gib(peak),
-            gib(weights_bytes)
+            gib(weights_bytes),
+            gib(estimate)
         );
     }
     Ok(())

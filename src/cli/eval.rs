@@ -11,12 +11,11 @@ use serde::Serialize;
 
 use super::info::compression_label;
 use super::ComputeArgs;
+use crate::analysis::{plan, stream};
 use crate::io::write_atomically;
 use crate::media::{self, DecodeOptions};
-use crate::metrics::{ClipMetrics, ClipSummary};
 use crate::tokenizer::checkpoint::{self, LoadOptions};
-use crate::tokenizer::fsq::CODEBOOK_SIZE;
-use crate::tokenizer::runner::{self, RunOptions, RunResult};
+use crate::tokenizer::runner;
 
 #[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
@@ -42,8 +41,22 @@ pub struct EvalArgs {
     /// Also write one JSON object per (input, model), with per-frame values.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Memory the whole process may use (`6GiB`, `800MB`); over it, a shorter temporal window
+    /// or spatial tiles are chosen. Default: what it holds plus 80% of the available memory.
+    #[arg(long, value_parser = super::bench::parse_budget)]
+    memory_budget: Option<u64>,
     #[command(flatten)]
     compute: ComputeArgs,
+}
+
+impl EvalArgs {
+    fn decode_options(&self) -> DecodeOptions {
+        DecodeOptions {
+            max_frames: self.frames,
+            resize_shorter_side: self.resize,
+            ..DecodeOptions::default()
+        }
+    }
 }
 
 /// One (input, model) row.
@@ -76,6 +89,12 @@ pub struct EvalRow {
     pub encode_s: f64,
     pub decode_s: f64,
     pub peak_rss_bytes: u64,
+    /// What the memory planner expected the peak to be.
+    pub estimated_peak_bytes: u64,
+    /// Tile edge when the planner chose spatial tiling.
+    pub tiling: Option<usize>,
+    /// Temporal window the run used (the planner may shorten it).
+    pub temporal_window: usize,
     pub device: String,
     pub dtype: String,
 }
@@ -101,58 +120,68 @@ fn finite_vec_or_null<S: serde::Serializer>(v: &[f64], s: S) -> Result<S::Ok, S:
     seq.end()
 }
 
-/// Bits per source pixel of the tokens of a run: log2(64000) per discrete token; the latent's
-/// channels at the compute dtype's width for continuous models.
-/// Token positions of a run, summed over windows (one per token; a continuous position holds the
-/// latent's channels).
-fn token_positions(result: &RunResult) -> usize {
-    result
-        .windows
-        .iter()
-        .filter_map(|w| w.tokens.as_ref())
-        .map(|t| {
-            let (a, b, c) = t.grid();
-            a * b * c
-        })
-        .sum()
+/// How one input is read: a still image decoded once, or a video decoded window by window for
+/// every model.
+enum InputFrames {
+    Image(media::Clip),
+    Video {
+        width: usize,
+        height: usize,
+        frames: Option<usize>,
+        fps: f64,
+    },
 }
 
-/// Bits per source pixel: log2(64000) per discrete token; the latent's channels at the compute
-/// dtype's width for continuous models.
-fn bits_per_pixel(
-    positions: usize,
-    discrete: bool,
-    latent_channels: usize,
-    dtype_bits: usize,
-    pixels: usize,
-) -> f64 {
-    let bits_per_position = if discrete {
-        (CODEBOOK_SIZE as f64).log2()
-    } else {
-        (latent_channels * dtype_bits) as f64
-    };
-    positions as f64 * bits_per_position / pixels.max(1) as f64
-}
-
-fn measure(
-    original: &crate::media::RgbFrames,
-    reconstruction: &crate::media::RgbFrames,
-) -> anyhow::Result<ClipSummary> {
-    let mut metrics = ClipMetrics::new(original.width, original.height);
-    let frame_bytes = original.width * original.height * 3;
-    for (a, b) in original
-        .data
-        .chunks_exact(frame_bytes)
-        .zip(reconstruction.data.chunks_exact(frame_bytes))
-    {
-        metrics.push(a, b)?;
+impl InputFrames {
+    fn probe(input: &Path, decode: &DecodeOptions) -> anyhow::Result<(Self, Vec<String>)> {
+        match media::VideoDecoder::open(input, decode) {
+            Ok(decoder) => {
+                let info = decoder.info();
+                let video = InputFrames::Video {
+                    width: info.width,
+                    height: info.height,
+                    frames: info.frame_count_estimate,
+                    fps: info.fps,
+                };
+                Ok((video, Vec::new()))
+            }
+            // Stills (and anything FFmpeg's demuxers do not take) go through `media::open`,
+            // which recognises images by content and explains what it cannot read.
+            Err(video_error) => match media::open(input, decode) {
+                Ok(clip) if clip.kind == media::MediaKind::Image => {
+                    let warnings = clip.warnings.clone();
+                    Ok((InputFrames::Image(clip), warnings))
+                }
+                Ok(_) | Err(_) => Err(video_error.into()),
+            },
+        }
     }
-    Ok(metrics.finish()?)
+
+    fn size(&self) -> (usize, usize) {
+        match self {
+            InputFrames::Image(clip) => (clip.frames.width, clip.frames.height),
+            InputFrames::Video { width, height, .. } => (*width, *height),
+        }
+    }
+
+    fn frames_hint(&self) -> usize {
+        match self {
+            InputFrames::Image(clip) => clip.frames.frames,
+            InputFrames::Video { frames, .. } => frames.unwrap_or(1).max(1),
+        }
+    }
+
+    fn fps(&self) -> f64 {
+        match self {
+            InputFrames::Image(clip) => clip.playback_fps(),
+            InputFrames::Video { fps, .. } => *fps,
+        }
+    }
 }
 
 fn evaluate(
     input: &Path,
-    clip: &media::Clip,
+    frames: &InputFrames,
     model_spec: &str,
     args: &EvalArgs,
     cancel: &AtomicBool,
@@ -171,48 +200,83 @@ fn evaluate(
     .with_context(|| format!("loading `{model_spec}`"))?;
     let model = &loaded.tokenizer;
     let cfg = model.config();
-    if !cfg.family.is_video() && clip.frames.frames > 1 {
-        bail!(
-            "{} is an image tokenizer and `{}` is a video of {} frames; use a video tokenizer (CV/DV) or an image",
-            loaded.variant_name,
-            input.display(),
-            clip.frames.frames
-        );
-    }
-    let options = RunOptions {
-        temporal_window: args.window,
-        tiling: None,
+    let (width, height) = frames.size();
+    let expected_frames = frames.frames_hint();
+    let budget = args
+        .memory_budget
+        .map_or_else(|| plan::default_budget(&device), plan::Budget::given);
+    let job = plan::JobSpec {
+        config: cfg,
+        height,
+        width,
+        frames: expected_frames,
+        requested_window: args.window,
+        dtype,
+        target: plan::Target::of(&device),
+        held: plan::held_bytes(&device),
+        // Per-frame PSNR, SSIM and MSE.
+        kept: expected_frames as u64 * 24,
     };
-    let result = runner::reconstruct(model, &clip.frames, &options, cancel, &mut |done, total| {
-        bar.set_message(format!("{model_spec}: window {done}/{total}"));
-    })?;
-    let summary = measure(&clip.frames, &result.reconstruction)?;
-    let first_grid = result
-        .windows
-        .first()
-        .and_then(|w| w.tokens.as_ref())
-        .map(|t| t.grid())
-        .unwrap_or((0, 0, 0));
-    let frames = clip.frames.frames;
-    let pixels = frames * clip.frames.width * clip.frames.height;
+    let plan = plan::plan(&job, budget)?;
+    if let Some(adjustment) = &plan.adjustment {
+        bar.println(format!(
+            "note: {} × {model_spec}: {adjustment}",
+            input.display()
+        ));
+    }
+    let mut progress = |done: usize, total: Option<usize>| {
+        let total = total.map_or_else(|| "?".to_string(), |t| t.to_string());
+        bar.set_message(format!("{model_spec}: frame {done}/{total}"));
+    };
+    let mut keep_nothing = |_: stream::WindowOutput<'_>| Ok(());
+    let analysis = match frames {
+        InputFrames::Image(clip) => stream::analyse(
+            model,
+            &mut stream::InMemory::new(&clip.frames),
+            &plan,
+            cancel,
+            &mut progress,
+            &mut keep_nothing,
+        )?,
+        InputFrames::Video { .. } => {
+            let decoder = media::VideoDecoder::open(input, &args.decode_options())?;
+            let mut source = stream::Decoded::new(decoder);
+            let analysis = stream::analyse(
+                model,
+                &mut source,
+                &plan,
+                cancel,
+                &mut progress,
+                &mut keep_nothing,
+            )?;
+            for warning in source.warnings() {
+                bar.println(format!("warning: {}: {warning}", input.display()));
+            }
+            analysis
+        }
+    };
+    let summary = &analysis.summary;
+    let frame_count = analysis.frames;
+    let pixels = frame_count * width * height;
     let dtype_bits = dtype.size_in_bytes() * 8;
-    let positions = token_positions(&result);
-    let tokens_per_frame = positions as f64 / frames.max(1) as f64;
+    let positions = analysis.token_positions;
+    let tokens_per_frame = positions as f64 / frame_count.max(1) as f64;
+    let fps = frames.fps();
     Ok(EvalRow {
         input: input.display().to_string(),
         model: model_spec.to_string(),
         variant: loaded.variant_name.clone(),
         family: cfg.family.name().to_string(),
         compression: compression_label(cfg),
-        frames,
-        width: clip.frames.width,
-        height: clip.frames.height,
-        fps: clip.playback_fps(),
-        latent_shape: first_grid,
-        windows: result.windows.len(),
+        frames: frame_count,
+        width,
+        height,
+        fps,
+        latent_shape: analysis.first_grid().unwrap_or((0, 0, 0)),
+        windows: analysis.windows.len(),
         tokens_per_frame,
-        tokens_per_second: tokens_per_frame * clip.playback_fps(),
-        bits_per_pixel: bits_per_pixel(
+        tokens_per_second: tokens_per_frame * fps,
+        bits_per_pixel: stream::bits_per_pixel(
             positions,
             cfg.family.is_discrete(),
             cfg.latent_channels,
@@ -225,9 +289,12 @@ fn evaluate(
         psnr_frames: summary.psnr_frames.clone(),
         ssim_frames: summary.ssim_frames.clone(),
         ssim_mean: summary.ssim_mean,
-        encode_s: result.windows.iter().map(|w| w.encode_seconds).sum(),
-        decode_s: result.windows.iter().map(|w| w.decode_seconds).sum(),
+        encode_s: analysis.encode_seconds(),
+        decode_s: analysis.decode_seconds(),
         peak_rss_bytes: crate::sys::peak_rss_bytes().unwrap_or(0),
+        estimated_peak_bytes: plan.estimate,
+        tiling: plan.tiling.map(|t| t.tile),
+        temporal_window: plan.temporal_window,
         device: crate::device::describe(&device),
         dtype: format!("{dtype:?}"),
     })
@@ -402,11 +469,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             eprintln!("\nstopping after the current window; finished rows are kept (Ctrl-C again to quit now)");
         });
     }
-    let decode = DecodeOptions {
-        max_frames: args.frames,
-        resize_shorter_side: args.resize,
-        ..DecodeOptions::default()
-    };
+    let decode = args.decode_options();
     let total = (args.inputs.len() * args.models.len()) as u64;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
@@ -418,24 +481,26 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     'inputs: for input in &args.inputs {
-        let clip = match media::open(input, &decode) {
-            Ok(clip) => clip,
+        let frames = match InputFrames::probe(input, &decode) {
+            Ok((frames, warnings)) => {
+                for warning in &warnings {
+                    bar.println(format!("warning: {}: {warning}", input.display()));
+                }
+                frames
+            }
             Err(e) => {
                 for model in &args.models {
-                    failures.push((input.display().to_string(), model.clone(), e.to_string()));
+                    failures.push((input.display().to_string(), model.clone(), format!("{e:#}")));
                     bar.inc(1);
                 }
                 continue;
             }
         };
-        for warning in &clip.warnings {
-            bar.println(format!("warning: {}: {warning}", input.display()));
-        }
         for model in &args.models {
             if cancel.load(Ordering::SeqCst) {
                 break 'inputs;
             }
-            match evaluate(input, &clip, model, args, &cancel, &bar) {
+            match evaluate(input, &frames, model, args, &cancel, &bar) {
                 Ok(row) => rows.push(row),
                 Err(e) if cancel.load(Ordering::SeqCst) => {
                     let _ = e;

@@ -1,0 +1,331 @@
+//! One model over a clip, window by window: read a window of frames, run the official wrapper on
+//! it (tiled if the plan says so), measure it, hand it to the caller, drop it. Peak memory is one
+//! window's, however long the clip.
+
+use std::sync::atomic::AtomicBool;
+
+use crate::metrics::{ClipMetrics, ClipSummary, MetricsError};
+use crate::tokenizer::fsq::CODEBOOK_SIZE;
+use crate::tokenizer::model::{Tokenizer, Tokens};
+use crate::tokenizer::runner::{self, RgbFrames, RunOptions};
+use crate::tokenizer::TokenizerError;
+
+use super::plan::Plan;
+
+/// Why a clip could not be analysed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("reading frames: {0}")]
+    Source(String),
+    #[error("frame {index} is {got_w}x{got_h}, the clip started at {want_w}x{want_h}")]
+    SizeChanged {
+        index: usize,
+        want_w: usize,
+        want_h: usize,
+        got_w: usize,
+        got_h: usize,
+    },
+    #[error("the clip has no frames")]
+    Empty,
+    #[error(transparent)]
+    Tokenizer(TokenizerError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+}
+
+impl From<TokenizerError> for AnalysisError {
+    fn from(e: TokenizerError) -> Self {
+        match e {
+            TokenizerError::Cancelled => AnalysisError::Cancelled,
+            other => AnalysisError::Tokenizer(other),
+        }
+    }
+}
+
+/// Frames handed out a window at a time.
+pub trait FrameSource {
+    /// Frame size (width, height); every frame has it.
+    fn size(&self) -> (usize, usize);
+    /// How many frames the source expects to give, when it knows.
+    fn frames_hint(&self) -> Option<usize>;
+    /// Up to `count` next frames; `None` at the end.
+    fn next_frames(&mut self, count: usize) -> Result<Option<RgbFrames>, AnalysisError>;
+}
+
+/// A clip already in memory.
+pub struct InMemory<'a> {
+    clip: &'a RgbFrames,
+    next: usize,
+}
+
+impl<'a> InMemory<'a> {
+    pub fn new(clip: &'a RgbFrames) -> Self {
+        Self { clip, next: 0 }
+    }
+}
+
+impl FrameSource for InMemory<'_> {
+    fn size(&self) -> (usize, usize) {
+        (self.clip.width, self.clip.height)
+    }
+
+    fn frames_hint(&self) -> Option<usize> {
+        Some(self.clip.frames)
+    }
+
+    fn next_frames(&mut self, count: usize) -> Result<Option<RgbFrames>, AnalysisError> {
+        let count = count.min(self.clip.frames.saturating_sub(self.next));
+        if count == 0 {
+            return Ok(None);
+        }
+        let window = self.clip.slice(self.next, count)?;
+        self.next += count;
+        Ok(Some(window))
+    }
+}
+
+/// Frames decoded from a video file as they are asked for.
+#[cfg(feature = "media")]
+pub struct Decoded {
+    decoder: crate::media::VideoDecoder,
+    given: usize,
+}
+
+#[cfg(feature = "media")]
+impl Decoded {
+    pub fn new(decoder: crate::media::VideoDecoder) -> Self {
+        Self { decoder, given: 0 }
+    }
+
+    /// Problems the decoder recovered from so far.
+    pub fn warnings(&self) -> Vec<String> {
+        self.decoder.warnings()
+    }
+
+    pub fn info(&self) -> crate::media::VideoInfo {
+        self.decoder.info()
+    }
+}
+
+#[cfg(feature = "media")]
+impl FrameSource for Decoded {
+    fn size(&self) -> (usize, usize) {
+        let info = self.decoder.info();
+        (info.width, info.height)
+    }
+
+    fn frames_hint(&self) -> Option<usize> {
+        self.decoder.info().frame_count_estimate
+    }
+
+    fn next_frames(&mut self, count: usize) -> Result<Option<RgbFrames>, AnalysisError> {
+        let (width, height) = self.size();
+        let mut data = Vec::with_capacity(count * width * height * 3);
+        let mut frames = 0;
+        while frames < count {
+            let Some(frame) = self
+                .decoder
+                .next_frame()
+                .map_err(|e| AnalysisError::Source(e.to_string()))?
+            else {
+                break;
+            };
+            if (frame.width, frame.height) != (width, height) {
+                return Err(AnalysisError::SizeChanged {
+                    index: self.given + frames,
+                    want_w: width,
+                    want_h: height,
+                    got_w: frame.width,
+                    got_h: frame.height,
+                });
+            }
+            data.extend_from_slice(&frame.data);
+            frames += 1;
+        }
+        if frames == 0 {
+            return Ok(None);
+        }
+        self.given += frames;
+        Ok(Some(RgbFrames::new(frames, height, width, data)?))
+    }
+}
+
+/// One window as it comes out of the model, lent to the caller before it is dropped.
+pub struct WindowOutput<'a> {
+    /// Index of the window's first frame in the clip.
+    pub start: usize,
+    pub original: &'a RgbFrames,
+    pub reconstruction: &'a RgbFrames,
+    /// `None` when the window was tiled.
+    pub tokens: Option<&'a Tokens>,
+}
+
+/// What is kept of one window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowStats {
+    pub start: usize,
+    pub frames: usize,
+    /// Token grid (t, h, w); `None` when tiled.
+    pub grid: Option<(usize, usize, usize)>,
+    pub encode_seconds: f64,
+    pub decode_seconds: f64,
+}
+
+/// Everything measured of one model over one clip.
+#[derive(Clone, Debug)]
+pub struct ClipAnalysis {
+    pub frames: usize,
+    pub width: usize,
+    pub height: usize,
+    pub summary: ClipSummary,
+    pub windows: Vec<WindowStats>,
+    /// Token positions over all windows (a continuous position holds the latent's channels).
+    pub token_positions: usize,
+    pub plan: Plan,
+}
+
+impl ClipAnalysis {
+    pub fn encode_seconds(&self) -> f64 {
+        self.windows.iter().map(|w| w.encode_seconds).sum()
+    }
+
+    pub fn decode_seconds(&self) -> f64 {
+        self.windows.iter().map(|w| w.decode_seconds).sum()
+    }
+
+    /// Token grid of the first untiled window.
+    pub fn first_grid(&self) -> Option<(usize, usize, usize)> {
+        self.windows.iter().find_map(|w| w.grid)
+    }
+}
+
+/// Bits per source pixel: log2(64,000) per discrete token; the latent's channels at the stored
+/// width (`value_bits`) for continuous models.
+pub fn bits_per_pixel(
+    positions: usize,
+    discrete: bool,
+    latent_channels: usize,
+    value_bits: usize,
+    pixels: usize,
+) -> f64 {
+    let bits_per_position = if discrete {
+        (CODEBOOK_SIZE as f64).log2()
+    } else {
+        (latent_channels * value_bits) as f64
+    };
+    positions as f64 * bits_per_position / pixels.max(1) as f64
+}
+
+/// Runs `model` over `source` with `plan`'s window and tiling, measuring every frame.
+/// Image networks take each frame as an image. `progress` gets (frames done, frames expected).
+pub fn analyse(
+    model: &Tokenizer,
+    source: &mut dyn FrameSource,
+    plan: &Plan,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(usize, Option<usize>),
+    sink: &mut dyn FnMut(WindowOutput<'_>) -> Result<(), AnalysisError>,
+) -> Result<ClipAnalysis, AnalysisError> {
+    let (width, height) = source.size();
+    let expected = source.frames_hint();
+    let video = model.config().family.is_video();
+    let window = if video {
+        plan.temporal_window.max(1)
+    } else {
+        1
+    };
+    let options = RunOptions {
+        temporal_window: window,
+        tiling: plan.tiling,
+    };
+    let mut metrics = ClipMetrics::new(width, height);
+    let mut windows = Vec::new();
+    let mut token_positions = 0;
+    let mut done = 0;
+    let frame_bytes = width * height * 3;
+    while let Some(original) = source.next_frames(window)? {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(AnalysisError::Cancelled);
+        }
+        let result = runner::reconstruct(model, &original, &options, cancel, &mut |_, _| {})?;
+        for (a, b) in original
+            .data
+            .chunks_exact(frame_bytes)
+            .zip(result.reconstruction.data.chunks_exact(frame_bytes))
+        {
+            metrics.push(a, b)?;
+        }
+        for w in &result.windows {
+            let grid = w.tokens.as_ref().map(Tokens::grid);
+            // A tiled window has no single grid: count the untiled one it stands for.
+            let (t, h, gw) = grid.unwrap_or_else(|| {
+                let p = w.padding;
+                model.config().latent_shape(
+                    w.frames + p.frames.0 + p.frames.1,
+                    height + p.rows.0 + p.rows.1,
+                    width + p.cols.0 + p.cols.1,
+                )
+            });
+            token_positions += t * h * gw;
+            windows.push(WindowStats {
+                start: done + w.start,
+                frames: w.frames,
+                grid,
+                encode_seconds: w.encode_seconds,
+                decode_seconds: w.decode_seconds,
+            });
+        }
+        // One run of the wrapper per source window: its single window's tokens go to the sink.
+        let tokens = match result.windows.as_slice() {
+            [only] => only.tokens.as_ref(),
+            _ => None,
+        };
+        sink(WindowOutput {
+            start: done,
+            original: &original,
+            reconstruction: &result.reconstruction,
+            tokens,
+        })?;
+        done += original.frames;
+        progress(done, expected);
+    }
+    if done == 0 {
+        return Err(AnalysisError::Empty);
+    }
+    Ok(ClipAnalysis {
+        frames: done,
+        width,
+        height,
+        summary: metrics.finish()?,
+        windows,
+        token_positions,
+        plan: plan.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_per_pixel_counts_codebook_bits_or_latent_values() {
+        // One discrete token per 8x8x8 block: log2(64,000) bits over 512 pixels.
+        let bpp = bits_per_pixel(1, true, 6, 32, 8 * 8 * 8);
+        assert!((bpp - 64000f64.log2() / 512.0).abs() < 1e-12);
+        // A continuous position holds 16 channels of 16 bits.
+        assert_eq!(bits_per_pixel(4, false, 16, 16, 256), 4.0);
+    }
+
+    #[test]
+    fn in_memory_frames_come_out_in_windows_then_end() {
+        let clip = RgbFrames::new(5, 2, 2, (0..60).map(|i| i as u8).collect()).unwrap();
+        let mut source = InMemory::new(&clip);
+        let first = source.next_frames(3).unwrap().unwrap();
+        let second = source.next_frames(3).unwrap().unwrap();
+        assert_eq!((first.frames, second.frames), (3, 2));
+        assert_eq!(second.data, clip.slice(3, 2).unwrap().data);
+        assert!(source.next_frames(3).unwrap().is_none());
+    }
+}
