@@ -17,3 +17,14 @@ fn proc_status_bytes(field: &str) -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// Hands memory the allocator keeps from freed tensors back to the operating system, so that the
+/// resident size says what the process really holds (glibc keeps freed heap pages otherwise).
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free pages of glibc's own arenas to the kernel; it takes
+    // no pointers and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

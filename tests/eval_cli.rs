@@ -276,3 +276,45 @@ fn eval_under_a_small_memory_budget_tiles_and_stays_within_it() {
     );
     assert!((a - b).abs() < 1.0, "untiled {a:.2} dB, tiled {b:.2} dB");
 }
+
+/// Writes a lossless clip of moving stripes.
+fn stripes(path: &std::path::Path, frames: usize, height: usize, width: usize) {
+    let mut data = Vec::with_capacity(frames * height * width * 3);
+    for t in 0..frames {
+        for y in 0..height {
+            for x in 0..width {
+                let v = |k: usize| {
+                    (((x * (3 + k) + y * (2 + k) + t * 5) as f64 / 30.0).sin() * 90.0 + 128.0) as u8
+                };
+                data.extend_from_slice(&[v(0), v(1), v(2)]);
+            }
+        }
+    }
+    let clip = tokenscope::media::RgbFrames::new(frames, height, width, data).unwrap();
+    tokenscope::media::write(&clip, 24.0, path, &[]).unwrap();
+}
+
+/// `eval` reads a video window by window: nine times the frames, the same peak memory (within
+/// 15%; holding the clip and its reconstruction would add over a quarter).
+#[test]
+fn eval_peak_memory_does_not_grow_with_the_clip() {
+    let dir = std::env::temp_dir().join(format!("tokenscope-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = model_dir("CV8x8x8-tiny");
+    let model = model.to_str().unwrap();
+    let mut peaks = Vec::new();
+    for frames in [17, 153] {
+        let input = dir.join(format!("clip{frames}.mkv"));
+        stripes(&input, frames, 352, 640);
+        let row = eval_row(&input, model, &[], &dir.join(format!("row{frames}.json")));
+        assert_eq!(row["frames"], frames);
+        assert_eq!(row["windows"], frames / 17);
+        peaks.push(row["peak_rss_bytes"].as_f64().unwrap());
+    }
+    assert!(
+        peaks[1] <= 1.15 * peaks[0],
+        "peak {:.0} MiB for 153 frames, {:.0} MiB for 17",
+        peaks[1] / 1048576.0,
+        peaks[0] / 1048576.0
+    );
+}

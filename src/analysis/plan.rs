@@ -232,8 +232,15 @@ pub fn network_working_bytes(
     let network =
         activation as f64 * dtype.size_in_bytes() as f64 * activation_factor(target, video, dtype);
     let values = (batch * frames * height * width * 3 * dtype.size_in_bytes()) as u64;
-    FIXED_WORKING_BYTES + network as u64 + 2 * values
+    // Narrow networks peak at full resolution instead: the wavelet patcher and unpatcher hold
+    // several copies of the input-sized tensor (bands, interleaves, the layout changes).
+    let at_full_resolution = FULL_RESOLUTION_COPIES * values;
+    FIXED_WORKING_BYTES + (network as u64 + 2 * values).max(at_full_resolution)
 }
+
+/// Input-sized tensors live at once around the Haar transforms, fitted to the tiny reference
+/// models (whose levels are too narrow to matter).
+const FULL_RESOLUTION_COPIES: u64 = 12;
 
 /// Peak bytes a wrapped run of one window of source frames adds to what the process holds: the
 /// network on the padded window (or one tile of it), the wrapper's uint8 and f32 copies of the
@@ -445,7 +452,11 @@ pub fn default_budget(device: &candle_core::Device) -> Budget {
 pub fn held_bytes(device: &candle_core::Device) -> u64 {
     match crate::device::gpu_memory(device) {
         Ok(Some(gpu)) => gpu.device_used,
-        _ => crate::sys::rss_bytes().unwrap_or(0),
+        _ => {
+            crate::tokenizer::release_scratch_pool();
+            crate::sys::release_freed_memory();
+            crate::sys::rss_bytes().unwrap_or(0)
+        }
     }
 }
 

@@ -18,6 +18,7 @@ mod winograd;
 
 pub use config::{Family, NetworkConfig, Variant};
 pub use model::{Tokenizer, Tokens};
+pub use scratch::release_pool as release_scratch_pool;
 
 /// Everything that can go wrong while loading or running a tokenizer.
 #[derive(Debug, thiserror::Error)]

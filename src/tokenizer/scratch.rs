@@ -15,6 +15,14 @@ const KEEP_FLOATS: usize = 64 << 20;
 
 static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
+/// Frees every pooled buffer: between jobs, so that memory figures show what is held, and the
+/// next job (perhaps another model, another size) maps what it needs.
+pub fn release_pool() {
+    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    pool.clear();
+    pool.shrink_to_fit();
+}
+
 /// A buffer of f32 values on loan from the pool.
 pub(crate) struct Scratch {
     values: Vec<f32>,
