@@ -312,6 +312,8 @@ pub struct JobSpec<'a> {
     pub held: u64,
     /// Bytes the job will keep besides the window working set (whole-clip results it returns).
     pub kept: u64,
+    /// Whether tiles may be used: a job that must return the clip's tokens cannot tile.
+    pub tiling_allowed: bool,
 }
 
 /// Tile edges tried, largest first: attention is global, so bigger tiles stay closer to the
@@ -344,7 +346,7 @@ pub fn plan(job: &JobSpec, budget: Budget) -> Result<Plan, PlanError> {
     };
     let mut candidates: Vec<(usize, Option<Tiling>)> = windows.iter().map(|&w| (w, None)).collect();
     let longest_side = job.height.max(job.width);
-    for &window in &windows {
+    for &window in windows.iter().filter(|_| job.tiling_allowed) {
         for tile in TILE_SIDES.iter().copied().filter(|&t| t < longest_side) {
             candidates.push((
                 window,
@@ -397,15 +399,21 @@ pub fn plan(job: &JobSpec, budget: Budget) -> Result<Plan, PlanError> {
         .unwrap_or(0);
     Err(PlanError::OverBudget {
         what: format!(
-            "{} on {}x{} frames, even with the smallest window and tiles,",
+            "{} on {}x{} frames, even with the smallest window{},",
             job.config.family.describe(),
             job.width,
-            job.height
+            job.height,
+            if job.tiling_allowed { " and tiles" } else { "" }
         ),
         needed: smallest,
         budget: budget.bytes,
         budget_source: budget.source,
-        advice: "raise --memory-budget, free memory, or resize the input (--resize)".into(),
+        advice: if job.tiling_allowed {
+            "raise --memory-budget, free memory, or resize the input (--resize)"
+        } else {
+            "raise --memory-budget, free memory, or resize the input; tokens cannot be computed in tiles"
+        }
+        .into(),
     })
 }
 
@@ -530,6 +538,7 @@ mod tests {
             target: Target::Cpu,
             held: 500 << 20,
             kept: 0,
+            tiling_allowed: true,
         }
     }
 

@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 
 use super::analysis::{self, Analysis, JobKey, ModelFacts};
+use crate::analysis::plan;
 use crate::device;
 use crate::media::{self, Clip, DecodeOptions};
 use crate::tokenizer::checkpoint::{self, LoadOptions, LoadedModel};
@@ -29,6 +30,8 @@ enum Request {
         name: String,
         clip: Arc<Clip>,
         cancel: Arc<AtomicBool>,
+        /// `None`: 80% of the memory available when the job starts.
+        memory_budget: Option<u64>,
     },
 }
 
@@ -49,10 +52,21 @@ pub enum Event {
     Loaded(String),
     /// A model was dropped from the worker's memory to make room.
     Unloaded(String),
+    /// The memory planner's decision for the running job.
+    Planned { key: JobKey, memory: JobMemory },
     Finished {
         key: JobKey,
         result: Result<Arc<Analysis>, String>,
     },
+}
+
+/// What a job is expected to need, against the budget, and what the planner changed to fit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobMemory {
+    pub estimate: u64,
+    pub budget: u64,
+    /// A shorter window or tiles, and why; `None` when the job runs as asked.
+    pub adjustment: Option<String>,
 }
 
 /// The job in flight, as the UI sees it.
@@ -63,6 +77,8 @@ pub struct Running {
     pub stage: String,
     pub done: usize,
     pub total: usize,
+    /// Set once the model is loaded and the job planned.
+    pub memory: Option<JobMemory>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -94,6 +110,8 @@ pub struct Jobs {
     cache: HashMap<JobKey, Arc<Analysis>>,
     /// Model keys the worker holds in memory.
     pub loaded: HashSet<String>,
+    /// The memory every job may use (`view --memory-budget`); `None` for the default.
+    pub memory_budget: Option<u64>,
 }
 
 impl Jobs {
@@ -121,6 +139,7 @@ impl Jobs {
             decoding: None,
             cache: HashMap::new(),
             loaded: HashSet::new(),
+            memory_budget: None,
         }
     }
 
@@ -161,6 +180,7 @@ impl Jobs {
                 name,
                 clip,
                 cancel: cancel.clone(),
+                memory_budget: self.memory_budget,
             },
         )?;
         self.running = Some(Running {
@@ -169,6 +189,7 @@ impl Jobs {
             stage: "queued".into(),
             done: 0,
             total: 0,
+            memory: None,
             cancel,
         });
         Ok(())
@@ -196,6 +217,11 @@ impl Jobs {
                         r.stage = stage;
                         r.done = done;
                         r.total = total;
+                    }
+                }
+                Ok(Event::Planned { key, memory }) => {
+                    if let Some(r) = self.running.as_mut().filter(|r| r.key == key) {
+                        r.memory = Some(memory);
                     }
                 }
                 Ok(Event::Loaded(model)) => {
@@ -269,11 +295,13 @@ fn worker(
                 name,
                 clip,
                 cancel,
+                memory_budget,
             } => {
                 if cancel.load(Ordering::Relaxed) {
                     continue;
                 }
-                let result = analyse_job(&key, name, &clip, &cancel, &mut models, &emit)
+                let budget = memory_budget.map(plan::Budget::given);
+                let result = analyse_job(&key, name, &clip, budget, &cancel, &mut models, &emit)
                     .map(Arc::new)
                     .map_err(|e| {
                         e.chain()
@@ -292,6 +320,7 @@ fn analyse_job(
     key: &JobKey,
     name: String,
     clip: &Clip,
+    budget: Option<plan::Budget>,
     cancel: &AtomicBool,
     models: &mut Vec<(String, Arc<LoadedModel>)>,
     emit: &dyn Fn(Event) -> bool,
@@ -356,10 +385,34 @@ fn analyse_job(
             clip.frames.frames
         );
     }
+    let device = tokenizer.device();
+    let frame_bytes = (clip.frames.width * clip.frames.height * 3) as u64;
+    let job = plan::JobSpec {
+        config,
+        height: clip.frames.height,
+        width: clip.frames.width,
+        frames: count,
+        requested_window: s.temporal_window,
+        dtype: tokenizer.dtype(),
+        target: plan::Target::of(device),
+        held: plan::held_bytes(device),
+        // The reconstruction, its difference and heat-map images, and the window's tokens.
+        kept: count as u64 * frame_bytes * 3,
+        tiling_allowed: true,
+    };
+    let plan = plan::plan(&job, budget.unwrap_or_else(|| plan::default_budget(device)))?;
+    emit(Event::Planned {
+        key: key.clone(),
+        memory: JobMemory {
+            estimate: plan.estimate,
+            budget: plan.budget.bytes,
+            adjustment: plan.adjustment.clone(),
+        },
+    });
     let frames = clip.frames.slice(s.start, count)?;
     let options = RunOptions {
-        temporal_window: s.temporal_window,
-        tiling: None,
+        temporal_window: plan.temporal_window,
+        tiling: plan.tiling,
     };
     let run = runner::reconstruct(tokenizer, &frames, &options, cancel, &mut |done, total| {
         progress("encoding and decoding windows", done, total);

@@ -59,6 +59,8 @@ pub struct ViewerOptions {
     pub hub: Option<HubConfig>,
     /// Models to run before `model`, so the plots compare rates from the start.
     pub also: Vec<String>,
+    /// The memory each job may use in all (`--memory-budget`); default: 80% of what is available.
+    pub memory_budget: Option<u64>,
 }
 
 /// Zoom and pan, shared by every pane.
@@ -191,7 +193,8 @@ impl ViewerApp {
         let repaint = ctx.clone();
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || repaint.request_repaint());
         let jobs_wake = wake.clone();
-        let jobs = Jobs::new(Some(Box::new(move || jobs_wake())));
+        let mut jobs = Jobs::new(Some(Box::new(move || jobs_wake())));
+        jobs.memory_budget = options.memory_budget;
         let (dialog_tx, dialog_rx) = channel();
         let mut app = Self {
             state,
@@ -463,6 +466,11 @@ impl ViewerApp {
                         self.next_in_queue();
                     }
                 },
+                Event::Planned { memory, .. } => {
+                    if let Some(adjustment) = memory.adjustment {
+                        self.notice = Some(format!("to fit in memory: {adjustment}"));
+                    }
+                }
                 Event::Progress { .. } | Event::Loaded(_) | Event::Unloaded(_) => {}
             }
         }

@@ -6,6 +6,7 @@ use egui::{Color32, Ui};
 
 use super::command::Command;
 use super::ViewerApp;
+use crate::analysis::plan::human_bytes;
 
 pub fn status_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
     ui.horizontal(|ui| {
@@ -29,6 +30,21 @@ pub fn status_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
                 r.stage,
                 r.started.elapsed().as_secs_f64()
             ));
+            if let Some(m) = &r.memory {
+                let using = crate::sys::rss_bytes()
+                    .map(|b| format!(", using {}", human_bytes(b)))
+                    .unwrap_or_default();
+                ui.label(format!(
+                    "memory: expects {} of {}{using}",
+                    human_bytes(m.estimate),
+                    human_bytes(m.budget)
+                ))
+                .on_hover_text("The planner's estimate of the job's peak memory, against the budget (--memory-budget, else 80% of the memory available when the job started)");
+                if let Some(note) = &m.adjustment {
+                    ui.colored_label(Color32::from_rgb(240, 180, 60), "⚠ adjusted to fit")
+                        .on_hover_text(note.as_str());
+                }
+            }
             if ui.small_button("Cancel (Esc)").clicked() {
                 out.push(Command::Cancel);
             }

@@ -216,6 +216,7 @@ fn evaluate(
         held: plan::held_bytes(&device),
         // Per-frame PSNR, SSIM and MSE.
         kept: expected_frames as u64 * 24,
+        tiling_allowed: true,
     };
     let plan = plan::plan(&job, budget)?;
     if let Some(adjustment) = &plan.adjustment {

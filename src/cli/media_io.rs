@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::plan;
 use crate::io::save_safetensors;
 use crate::media::{self, DecodeOptions, RgbFrames};
 use crate::tokenizer::checkpoint::LoadedModel;
@@ -113,14 +114,25 @@ fn media_metadata(
     ]))
 }
 
-/// `encode`/`reconstruct` of an image or video file.
+/// How `encode`/`reconstruct` run on media.
+#[derive(Clone, Copy, Debug)]
+pub struct MediaRunOptions {
+    /// Temporal window asked for (the planner may shorten it).
+    pub window: usize,
+    /// Write original and reconstruction side by side.
+    pub side_by_side: bool,
+    /// `--memory-budget`; `None` for the default.
+    pub memory_budget: Option<u64>,
+}
+
+/// `encode`/`reconstruct` of an image or video file. Image tokenizers take a video frame by
+/// frame.
 pub fn encode_media(
     loaded: &LoadedModel,
     input: &Path,
     output: &Path,
     reconstruct: bool,
-    window: usize,
-    side_by_side: bool,
+    options: MediaRunOptions,
 ) -> anyhow::Result<()> {
     let clip = media::open(input, &DecodeOptions::default())?;
     for warning in &clip.warnings {
@@ -128,37 +140,72 @@ pub fn encode_media(
     }
     let model = &loaded.tokenizer;
     let video = model.config().family.is_video();
-    if !video && clip.frames.frames > 1 {
-        bail!(
-            "{} is an image tokenizer and `{}` is a video of {} frames; use a video tokenizer (CV/DV)",
-            loaded.variant_name,
-            input.display(),
-            clip.frames.frames
-        );
-    }
     let to_tensors = is_tensor_file(output);
     if !reconstruct && !to_tensors {
         bail!("`encode` writes tokens: give an output ending in .safetensors (or use `reconstruct` for media)");
     }
-    let spans = runner::windows(clip.frames.frames, window, video);
+    let device = model.device();
+    let budget = options
+        .memory_budget
+        .map_or_else(|| plan::default_budget(device), plan::Budget::given);
+    let clip_bytes = clip.frames.data.len() as u64;
+    let job = plan::JobSpec {
+        config: model.config(),
+        height: clip.frames.height,
+        width: clip.frames.width,
+        frames: clip.frames.frames,
+        requested_window: options.window,
+        dtype: model.dtype(),
+        target: plan::Target::of(device),
+        held: plan::held_bytes(device),
+        // The reconstruction (and the side-by-side composite) of the whole clip.
+        kept: if reconstruct {
+            clip_bytes * if options.side_by_side { 3 } else { 1 }
+        } else {
+            0
+        },
+        // Tokens of a clip need every window whole.
+        tiling_allowed: reconstruct && !to_tensors,
+    };
+    let plan = plan::plan(&job, budget)?;
+    if let Some(adjustment) = &plan.adjustment {
+        eprintln!("note: {adjustment}");
+    }
+    let spans = runner::windows(clip.frames.frames, plan.temporal_window, video);
     let mut records = Vec::with_capacity(spans.len());
     let mut all_tokens = Vec::with_capacity(spans.len());
-    let mut reconstruction = Vec::with_capacity(clip.frames.data.len());
+    let mut reconstruction = Vec::with_capacity(if reconstruct {
+        clip.frames.data.len()
+    } else {
+        0
+    });
     let started = std::time::Instant::now();
+    let never = std::sync::atomic::AtomicBool::new(false);
     for (i, &(start, count)) in spans.iter().enumerate() {
         let part = clip.frames.slice(start, count)?;
-        let (padding, tokens) = runner::encode_window(model, &part)?;
-        if reconstruct {
-            reconstruction.extend_from_slice(&runner::decode_window(model, &tokens, padding)?.data);
+        if let Some(tiling) = plan.tiling {
+            let run = runner::RunOptions {
+                temporal_window: count,
+                tiling: Some(tiling),
+            };
+            let result = runner::reconstruct(model, &part, &run, &never, &mut |_, _| {})?;
+            reconstruction.extend_from_slice(&result.reconstruction.data);
+        } else {
+            let (padding, tokens) = runner::encode_window(model, &part)?;
+            if reconstruct {
+                reconstruction
+                    .extend_from_slice(&runner::decode_window(model, &tokens, padding)?.data);
+            }
+            if to_tensors {
+                records.push(WindowRecord {
+                    start,
+                    frames: count,
+                    token_frames: tokens.grid().0,
+                    padding: padding_array(padding),
+                });
+                all_tokens.push(tokens);
+            }
         }
-        let token_frames = tokens.grid().0;
-        records.push(WindowRecord {
-            start,
-            frames: count,
-            token_frames,
-            padding: padding_array(padding),
-        });
-        all_tokens.push(tokens);
         eprint!("\rwindow {}/{}", i + 1, spans.len());
     }
     eprintln!(" done in {:.2} s", started.elapsed().as_secs_f64());
@@ -195,7 +242,7 @@ pub fn encode_media(
             clip.frames.width,
             reconstruction,
         )?;
-        let frames = if side_by_side {
+        let frames = if options.side_by_side {
             labelled_composite(loaded, &clip, &frames)?
         } else {
             frames

@@ -29,6 +29,11 @@ pub struct EncodeArgs {
     /// model, frame and PSNR (for decks).
     #[arg(long)]
     side_by_side: bool,
+    /// Memory the whole process may use (`6GiB`, `800MB`); over it, a shorter window (and for
+    /// media output, spatial tiles) is chosen. Default: what it holds plus 80% of the available
+    /// memory.
+    #[arg(long, value_parser = super::bench::parse_budget)]
+    memory_budget: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -81,8 +86,11 @@ pub fn encode(args: &EncodeArgs, reconstruct: bool) -> anyhow::Result<()> {
                 &args.input,
                 &args.output,
                 reconstruct,
-                args.window,
-                args.side_by_side,
+                super::media_io::MediaRunOptions {
+                    window: args.window,
+                    side_by_side: args.side_by_side,
+                    memory_budget: args.memory_budget,
+                },
             );
         }
         #[cfg(not(feature = "media"))]

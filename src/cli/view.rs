@@ -33,6 +33,10 @@ pub struct ViewArgs {
     /// Render the window once the model has run, save it as PNG here, and exit.
     #[arg(long, value_name = "PNG")]
     pub screenshot: Option<PathBuf>,
+    /// Memory each job may use in all (`6GiB`, `800MB`); over it the planner shortens the window
+    /// or tiles. Default: 80% of the memory available when the job starts.
+    #[arg(long, value_parser = super::bench::parse_budget)]
+    pub memory_budget: Option<u64>,
 }
 
 impl ViewArgs {
@@ -48,6 +52,7 @@ impl ViewArgs {
             no_hub: false,
             hub: None,
             also: self.also.clone(),
+            memory_budget: self.memory_budget,
         }
     }
 }
