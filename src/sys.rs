@@ -28,3 +28,43 @@ pub fn release_freed_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// `1.23 GiB`, `456 MiB`, `789 KiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1u64 << 20) as f64 {
+        format!("{:.0} MiB", b / (1u64 << 20) as f64)
+    } else {
+        format!("{:.0} KiB", b / 1024.0)
+    }
+}
+
+/// Bytes of RAM still available to this process: the kernel's `MemAvailable`, capped by the
+/// cgroup's limit when one is set.
+pub fn available_ram() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let available = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()?
+        * 1024;
+    let cgroup = || -> Option<u64> {
+        let max: u64 = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let current: u64 = std::fs::read_to_string("/sys/fs/cgroup/memory.current")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(max.saturating_sub(current))
+    };
+    Some(cgroup().map_or(available, |c| c.min(available)))
+}

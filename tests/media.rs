@@ -1026,3 +1026,38 @@ fn outputs_never_overwrite_inputs() {
         "{result:?}"
     );
 }
+
+/// A clip too long to hold is refused before decoding when the container lists its frames, and the
+/// message says what to do; under the limit it opens as usual.
+#[test]
+fn clips_too_large_to_hold_are_refused_before_decoding() {
+    let clip = demo();
+    let path = asset("demo.mp4");
+    let frame_bytes = (clip.frames.width * clip.frames.height * 3) as u64;
+    let whole = clip.frames.frames as u64 * frame_bytes;
+    let error = no_panic("media::open_within", || {
+        media::open_within(&path, &DecodeOptions::default(), whole - 1)
+    })
+    .expect_err("the clip is one byte over the limit");
+    let message = error.to_string();
+    assert!(
+        matches!(error, MediaError::ClipTooLarge { frames: 65, .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains("65 frames of 640x352") && message.contains("--frames"),
+        "{message}"
+    );
+    let capped = DecodeOptions {
+        max_frames: Some(10),
+        ..DecodeOptions::default()
+    };
+    let opened = media::open_within(&path, &capped, 10 * frame_bytes).unwrap();
+    assert_eq!(opened.frames.frames, 10);
+    assert_eq!(
+        media::open_within(&path, &DecodeOptions::default(), whole)
+            .unwrap()
+            .frames,
+        clip.frames
+    );
+}

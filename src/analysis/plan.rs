@@ -119,17 +119,7 @@ pub fn parse_size(text: &str) -> Result<u64, PlanError> {
     Ok(bytes as u64)
 }
 
-/// `1.23 GiB`, `456 MiB`, `789 KiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= (1u64 << 30) as f64 {
-        format!("{:.2} GiB", b / (1u64 << 30) as f64)
-    } else if b >= (1u64 << 20) as f64 {
-        format!("{:.0} MiB", b / (1u64 << 20) as f64)
-    } else {
-        format!("{:.0} KiB", b / 1024.0)
-    }
-}
+pub use crate::sys::human_bytes;
 
 /// Where the job's tensors live: the planner's factors differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -417,34 +407,6 @@ pub fn plan(job: &JobSpec, budget: Budget) -> Result<Plan, PlanError> {
     })
 }
 
-/// Bytes of RAM still available to this process: the kernel's `MemAvailable`, capped by the
-/// cgroup's limit when one is set.
-pub fn available_ram() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let available = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemAvailable:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()?
-        * 1024;
-    let cgroup = || -> Option<u64> {
-        let max: u64 = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let current: u64 = std::fs::read_to_string("/sys/fs/cgroup/memory.current")
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        Some(max.saturating_sub(current))
-    };
-    Some(cgroup().map_or(available, |c| c.min(available)))
-}
-
 /// The budget for a job on `target`: the given size, or what the process holds now plus 80% of
 /// what is still available (RAM, or free VRAM on CUDA).
 pub fn default_budget(device: &candle_core::Device) -> Budget {
@@ -452,7 +414,7 @@ pub fn default_budget(device: &candle_core::Device) -> Budget {
     if let Ok(Some(gpu)) = crate::device::gpu_memory(device) {
         return Budget::from_available(held, gpu.device_total.saturating_sub(gpu.device_used));
     }
-    Budget::from_available(held, available_ram().unwrap_or(8 << 30))
+    Budget::from_available(held, crate::sys::available_ram().unwrap_or(8 << 30))
 }
 
 /// What the process holds now where the job's tensors will live: resident RAM on the CPU, the

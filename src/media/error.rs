@@ -49,6 +49,21 @@ pub enum MediaError {
         limit: usize,
     },
 
+    #[error(
+        "`{}`: {frames} frames of {width}x{height} need {} in memory, more than the {} this process may use (80% of what is available); take fewer frames or a smaller size (--frames, --resize, or the viewer's frame range), or use `tokenscope eval`, which reads a clip window by window",
+        path.display(),
+        crate::sys::human_bytes(*bytes),
+        crate::sys::human_bytes(*limit)
+    )]
+    ClipTooLarge {
+        path: PathBuf,
+        frames: usize,
+        width: usize,
+        height: usize,
+        bytes: u64,
+        limit: u64,
+    },
+
     #[error("`{}`: no frames decoded ({reason})", path.display())]
     NoFrames { path: PathBuf, reason: String },
 

@@ -146,6 +146,19 @@ impl DecodeOptions {
 /// A video that breaks off mid-stream keeps the frames that decoded and says so in
 /// [`Clip::warnings`]; no decodable frame at all is an error.
 pub fn open(path: impl AsRef<Path>, options: &DecodeOptions) -> Result<Clip, MediaError> {
+    let limit = crate::sys::available_ram().map_or(u64::MAX, |available| {
+        (available as f64 * HOLD_FRACTION) as u64
+    });
+    open_within(path, options, limit)
+}
+
+/// [`open`] with the most bytes of frames the clip may hold: over it, the decode stops with
+/// [`MediaError::ClipTooLarge`] (before it starts when the container lists the frame count).
+pub fn open_within(
+    path: impl AsRef<Path>,
+    options: &DecodeOptions,
+    limit: u64,
+) -> Result<Clip, MediaError> {
     let path = path.as_ref();
     options.validate()?;
     let head = read_head(path)?;
@@ -155,12 +168,30 @@ pub fn open(path: impl AsRef<Path>, options: &DecodeOptions) -> Result<Clip, Med
     let mut decoder = VideoDecoder::open(path, options)?;
     let info = decoder.info();
     let frame_bytes = info.width * info.height * 3;
+    // A whole clip is held in memory: refuse before decoding what cannot fit, and stop decoding
+    // when a clip turns out longer than its header said.
+    let too_large = |frames: usize| MediaError::ClipTooLarge {
+        path: path.to_path_buf(),
+        frames,
+        width: info.width,
+        height: info.height,
+        bytes: frames as u64 * frame_bytes as u64,
+        limit,
+    };
+    if let Some(expected) = info.frame_count_estimate {
+        if expected as u64 * frame_bytes as u64 > limit {
+            return Err(too_large(expected));
+        }
+    }
     // Reserve for the expected frames, but never trust a header for more than a few hundred MB.
     let expected = info.frame_count_estimate.unwrap_or(1).min(256);
     let mut data = Vec::with_capacity(frame_bytes.saturating_mul(expected));
     let mut frames = 0;
     let mut first_frame = None;
     while let Some(frame) = decoder.next_frame()? {
+        if (data.len() + frame_bytes) as u64 > limit {
+            return Err(too_large(frames + 1));
+        }
         first_frame.get_or_insert(frame.source_index);
         data.extend_from_slice(&frame.data);
         frames += 1;
@@ -180,6 +211,9 @@ pub fn open(path: impl AsRef<Path>, options: &DecodeOptions) -> Result<Clip, Med
         warnings: decoder.warnings(),
     })
 }
+
+/// Share of the available memory a decoded clip may take: the rest is for the models.
+const HOLD_FRACTION: f64 = 0.8;
 
 /// Fails with a clear reason when `path` is missing, not a file or empty.
 fn check_input_file(path: &Path) -> Result<(), MediaError> {
