@@ -1,6 +1,9 @@
 //! The command line end to end: the tensor protocol, `info`, and one-line errors with a non-zero
 //! exit code.
 
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;

@@ -3,6 +3,9 @@
 //! reason shown by `cargo test`) in builds without the `cuda` feature; skipped with a message when
 //! the build has it but no GPU is present.
 
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use candle_core::{DType, Device, Tensor};

@@ -3,6 +3,9 @@
 //! Gram matrix. (The FSQ straight-through estimator is checked analytically in `fsq.rs`: by
 //! design its gradient is not the derivative of the rounded forward pass.)
 
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use candle_core::{Device, Tensor, Var};

@@ -3,6 +3,9 @@
 //! X-Linked-Etag and X-Linked-Size, a redirect of LFS files to a separate storage host, error
 //! codes), serving fake repos made of the reference checkpoints. No other network is used.
 
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

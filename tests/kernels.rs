@@ -3,6 +3,9 @@
 //! `cargo test --release --test kernels -- --ignored --nocapture bench_conv_shapes` prints a
 //! GFLOP/s table of candle vs the fast kernels for the tokenizer's layer shapes.
 
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Instant;

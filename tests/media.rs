@@ -2,6 +2,9 @@
 //! images (16-bit, alpha, EXIF orientation), lossless round trips, MP4 export, composites, and
 //! every kind of bad input failing cleanly without a panic.
 
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,6 +5,9 @@
 //! decoded by the `ffmpeg` CLI to yuv420p (bit-exact) and converted to RGB here; tests that need
 //! the CLI are skipped, loudly, where it is missing.
 
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,9 @@
 //! Behaviour beyond parity: causality of the video encoder, the wrapper, tiling, and clear errors
 //! for bad checkpoints and inputs.
 
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::atomic::AtomicBool;

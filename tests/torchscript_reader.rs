@@ -2,6 +2,9 @@
 //! `../shared/reference` (made with PyTorch from the official Cosmos tokenizer code), plus
 //! robustness tests with truncated, corrupted and hostile archives.
 
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{HashMap, HashSet};
 use std::io::{Cursor, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};

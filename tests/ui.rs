@@ -3,6 +3,9 @@
 //! hover a token, export; fetch an official model from a stand-in of the Hugging Face Hub. Plus
 //! the `view --screenshot` path of the real binary.
 
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -20,7 +20,7 @@ pub enum Origin {
 impl Origin {
     pub fn label(self) -> &'static str {
         match self {
-            Origin::Trained => "assets/models",
+            Origin::Trained => "Tokenscope nano model, trained here (not an NVIDIA release)",
             Origin::Reference => "reference (tiny, random weights)",
             Origin::Picked => "opened",
             Origin::HuggingFace => "Hugging Face cache",

@@ -1,4 +1,7 @@
 //! Shared helpers for the integration tests: where the reference fixtures live and how to compare.
+
+// Tests fail loudly: unwrap and expect are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 pub mod fake_hub;
