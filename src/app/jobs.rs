@@ -346,7 +346,15 @@ fn analyse_job(
         None => {
             let device = device::select_device(device::DeviceChoice::Auto)?;
             let dtype = device::select_dtype(device::DTypeChoice::Auto, &device)?;
-            let path = crate::cli::resolve_model_path(&key.model)?;
+            // Entries are on disk by the time they run: official releases are fetched by the
+            // rates panel (with its progress and cancel), never from inside a job.
+            let path = PathBuf::from(&key.model);
+            if !path.exists() {
+                anyhow::bail!(
+                    "`{}` is not on disk; fetch it from the Compression rates panel or open a checkpoint folder",
+                    key.model
+                );
+            }
             let model = Arc::new(
                 checkpoint::load(
                     &path,
