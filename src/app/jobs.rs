@@ -56,8 +56,39 @@ pub enum Event {
     Planned { key: JobKey, memory: JobMemory },
     Finished {
         key: JobKey,
-        result: Result<Arc<Analysis>, String>,
+        result: Result<Arc<Analysis>, JobError>,
     },
+}
+
+/// Why a job gave no result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The user cancelled it.
+    #[error("cancelled")]
+    Cancelled,
+    /// Everything else, with its causes joined into one line.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl JobError {
+    fn from_anyhow(e: &anyhow::Error) -> Self {
+        let cancelled = e.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<crate::tokenizer::TokenizerError>(),
+                Some(crate::tokenizer::TokenizerError::Cancelled)
+            )
+        });
+        if cancelled {
+            return JobError::Cancelled;
+        }
+        JobError::Failed(
+            e.chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": "),
+        )
+    }
 }
 
 /// What a job is expected to need, against the budget, and what the planner changed to fit.
@@ -303,12 +334,7 @@ fn worker(
                 let budget = memory_budget.map(plan::Budget::given);
                 let result = analyse_job(&key, name, &clip, budget, &cancel, &mut models, &emit)
                     .map(Arc::new)
-                    .map_err(|e| {
-                        e.chain()
-                            .map(|c| c.to_string())
-                            .collect::<Vec<_>>()
-                            .join(": ")
-                    });
+                    .map_err(|e| JobError::from_anyhow(&e));
                 emit(Event::Finished { key, result });
             }
         }
@@ -448,4 +474,32 @@ fn analyse_job(
         tokenizer.dtype(),
         started.elapsed().as_secs_f64(),
     )
+}
+
+#[cfg(test)]
+mod job_error_tests {
+    use super::*;
+
+    /// A cancel is recognised by its type, through any context added on the way up, and nothing
+    /// else that merely says "cancelled" counts as one.
+    #[test]
+    fn cancel_is_told_apart_by_type_not_by_text() {
+        let cancelled: anyhow::Result<()> =
+            Err(crate::tokenizer::TokenizerError::Cancelled).context("running the model");
+        assert_eq!(
+            JobError::from_anyhow(&cancelled.unwrap_err()),
+            JobError::Cancelled
+        );
+        let lookalike = anyhow::anyhow!("cancelled");
+        assert_eq!(
+            JobError::from_anyhow(&lookalike),
+            JobError::Failed("cancelled".into())
+        );
+        let failed: anyhow::Result<()> =
+            Err(anyhow::anyhow!("no such file")).context("loading `m`");
+        assert_eq!(
+            JobError::from_anyhow(&failed.unwrap_err()).to_string(),
+            "loading `m`: no such file"
+        );
+    }
 }

@@ -34,7 +34,7 @@ pub use self::analysis::{Analysis, JobKey, RunSettings};
 pub use self::command::{Command, ExportKind};
 use self::fetch::Fetch;
 use self::gpu::FramePair;
-use self::jobs::{Event, Jobs};
+use self::jobs::{Event, JobError, Jobs};
 use self::models::ModelEntry;
 pub use self::state::{AppState, Layout, TokenView, ViewSettings};
 use crate::hub::{Hub, HubConfig};
@@ -453,10 +453,10 @@ impl ViewerApp {
                         ));
                         self.next_in_queue();
                     }
-                    Err(e) if e == "cancelled" => {
+                    Err(JobError::Cancelled) => {
                         self.notice = Some("cancelled".into());
                     }
-                    Err(e) => {
+                    Err(JobError::Failed(e)) => {
                         let name = Path::new(&key.model)
                             .file_name()
                             .map(|n| n.to_string_lossy().into_owned())
