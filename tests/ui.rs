@@ -488,3 +488,74 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// eframe calls only `logic()` while the window is hidden (minimised, another workspace):
+/// "Compare all" must still run every available model to the end with no frame drawn.
+#[test]
+fn compare_all_finishes_while_the_window_is_hidden() {
+    let ctx = egui::Context::default();
+    let mut app = ViewerApp::new(
+        &ctx,
+        None,
+        None,
+        ViewerOptions {
+            file: Some(root().join("assets/demo.mp4")),
+            model: reference("CV8x8x8-tiny").map(|p| p.display().to_string()),
+            frames: Some(FRAMES),
+            no_hub: true,
+            ..Default::default()
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let logic_until = |app: &mut ViewerApp, what: &str, done: &dyn Fn(&ViewerApp) -> bool| {
+        while !done(app) {
+            assert!(app.errors.is_empty(), "{what}: {:?}", app.errors);
+            assert!(
+                Instant::now() < deadline,
+                "{what}: timed out; running {:?}, notice {:?}, still to compare {:?}",
+                app.jobs.running.as_ref().map(|r| (&r.key.model, &r.stage)),
+                app.notice,
+                app.compare_pending()
+            );
+            app.logic(&ctx);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    logic_until(&mut app, "decode", &|a| a.clip.is_some());
+    app.push(Command::CompareAll);
+    let available: Vec<String> = app
+        .models
+        .iter()
+        .filter(|e| e.is_available())
+        .map(|e| e.key.clone())
+        .collect();
+    assert!(available.len() > 1, "{available:?}");
+    let all_done = |a: &ViewerApp| {
+        let input = root().join("assets/demo.mp4");
+        let settings = a.settings();
+        a.compare_pending().is_empty()
+            && a.jobs.running.is_none()
+            && a.jobs.cached_for(&input, &settings).count() == available.len()
+    };
+    let missing = |a: &ViewerApp| -> Vec<String> {
+        let input = root().join("assets/demo.mp4");
+        let settings = a.settings();
+        let done: Vec<String> = a
+            .jobs
+            .cached_for(&input, &settings)
+            .map(|r| r.key.model.clone())
+            .collect();
+        available
+            .iter()
+            .filter(|k| !done.contains(k))
+            .cloned()
+            .collect()
+    };
+    let deadline_all = Instant::now() + Duration::from_secs(300);
+    while !all_done(&app) {
+        assert!(app.errors.is_empty(), "{:?}", app.errors);
+        assert!(Instant::now() < deadline_all, "missing {:?}", missing(&app));
+        app.logic(&ctx);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -30,7 +30,7 @@ fn frame(app: &mut ViewerApp, ctx: &egui::Context, started: Instant) -> f64 {
         ..Default::default()
     };
     let t = Instant::now();
-    let mut output = ctx.run_ui(input, |ui| app.frame_ui(ui));
+    let mut output = ctx.run_ui(input, |ui| app.logic_and_frame_ui(ui));
     let _ = ctx.tessellate(std::mem::take(&mut output.shapes), output.pixels_per_point);
     // No renderer takes the texture uploads; say so, or epaint complains on drop.
     output.textures_delta.clear();

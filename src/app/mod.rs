@@ -169,6 +169,8 @@ pub struct ViewerApp {
     also: Vec<String>,
     /// Duration of the last `frame_ui` call, for the benchmark.
     pub last_frame_ms: f64,
+    /// Resident memory, sampled on a timer for the status bar.
+    pub memory: status::MemorySampler,
 }
 
 /// The bundled demo clip.
@@ -235,6 +237,7 @@ impl ViewerApp {
             wake,
             also: Vec::new(),
             last_frame_ms: 0.0,
+            memory: status::MemorySampler::default(),
         };
         if let Some(layout) = options.layout {
             app.state.view.layout = layout;
@@ -338,22 +341,49 @@ impl ViewerApp {
             .map(|c| (c.frames.width, c.frames.height))
     }
 
+    /// Models "Compare all" has still to run.
+    pub fn compare_pending(&self) -> &[String] {
+        &self.compare_queue
+    }
+
     /// Queues a command (tests and the benchmark drive the app this way too).
     pub fn push(&mut self, command: Command) {
         self.commands.push(command);
     }
 
-    /// Lays out one frame and applies the commands it produced.
-    pub fn frame_ui(&mut self, ui: &mut egui::Ui) {
-        let started = Instant::now();
-        let ctx = ui.ctx().clone();
+    /// Everything that does not draw: job and download events, file dialogs, queued commands
+    /// (such as the next model of "Compare all"), the current result and the memory figure.
+    /// eframe calls it before every frame and, while the window is hidden, instead of one, so
+    /// work in flight keeps moving when the viewer is minimised.
+    pub fn logic(&mut self, ctx: &egui::Context) {
         self.handle_events();
         self.poll_fetch();
         self.read_dialogs();
+        // Commands from outside (tests, start-up, the compare queue) first, so the next frame
+        // shows their effect.
+        self.apply_commands(ctx);
+        self.refresh_current();
+        self.memory.sample();
+        if self.jobs.busy() || self.fetching.is_some() || !self.compare_queue.is_empty() {
+            ctx.request_repaint();
+        }
+    }
+
+    /// One whole frame outside eframe (the UI benchmark): [`Self::logic`] then [`Self::frame_ui`].
+    pub fn logic_and_frame_ui(&mut self, ui: &mut egui::Ui) {
+        let ctx = ui.ctx().clone();
+        self.logic(&ctx);
+        self.frame_ui(ui);
+    }
+
+    /// Lays out one frame from the current state, reads its input (keys, dropped files,
+    /// playback) and applies the commands they and the panels produced.
+    pub fn frame_ui(&mut self, ui: &mut egui::Ui) {
+        let started = Instant::now();
+        let ctx = ui.ctx().clone();
         self.shortcuts(&ctx);
         self.dropped_files(&ctx);
         self.tick_playback(&ctx);
-        // Commands from outside (tests, start-up) first, so this frame shows their effect.
         self.apply_commands(&ctx);
         self.refresh_current();
         self.prepare_frames();
@@ -451,7 +481,12 @@ impl ViewerApp {
                             "{}: clip PSNR {:.2} dB, SSIM {:.4} ({:.1} s)",
                             a.model.name, a.summary.psnr_clip, a.summary.ssim_mean, a.seconds
                         ));
-                        self.next_in_queue();
+                        // A job that finished after another had started (it ended before its
+                        // cancel was seen) must not move "Compare all" on: the queue waits on
+                        // the job in flight.
+                        if self.jobs.running.is_none() {
+                            self.next_in_queue();
+                        }
                     }
                     Err(JobError::Cancelled) => {
                         self.notice = Some("cancelled".into());
@@ -463,7 +498,9 @@ impl ViewerApp {
                             .unwrap_or(key.model.clone());
                         self.errors.push(format!("{name}: {e}"));
                         self.screenshot_fail(&e);
-                        self.next_in_queue();
+                        if self.jobs.running.is_none() {
+                            self.next_in_queue();
+                        }
                     }
                 },
                 Event::Planned { memory, .. } => {
@@ -835,6 +872,9 @@ impl ViewerApp {
                 self.refresh_current();
                 if self.current.is_none() {
                     self.run_current();
+                } else {
+                    // Cached: no job will finish to move "Compare all" on, so move it here.
+                    self.next_in_queue();
                 }
             }
             Command::Run => self.run_current(),
@@ -1063,6 +1103,10 @@ impl ViewerApp {
 }
 
 impl eframe::App for ViewerApp {
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        ViewerApp::logic(self, ctx);
+    }
+
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         self.frame_ui(ui);
     }
@@ -1129,6 +1173,10 @@ struct ScreenshotReport {
 }
 
 impl eframe::App for ScreenshotReport {
+    fn logic(&mut self, ctx: &egui::Context, frame: &mut eframe::Frame) {
+        eframe::App::logic(&mut self.app, ctx, frame);
+    }
+
     fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
         self.app.ui(ui, frame);
         if let Some(e) = self.app.screenshot_error() {

@@ -31,7 +31,7 @@ pub fn status_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
                 r.started.elapsed().as_secs_f64()
             ));
             if let Some(m) = &r.memory {
-                let using = crate::sys::rss_bytes()
+                let using = app.memory.bytes()
                     .map(|b| format!(", using {}", human_bytes(b)))
                     .unwrap_or_default();
                 ui.label(format!(
@@ -57,7 +57,7 @@ pub fn status_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
         if let Some(a) = &app.current {
             let m = &a.model;
             // Resident memory of the whole app (clip, models, results).
-            let memory = crate::sys::rss_bytes()
+            let memory = app.memory.bytes()
                 .map(|b| format!(" · {:.2} GB", b as f64 / 1e9))
                 .unwrap_or_default();
             ui.label(format!(
@@ -100,4 +100,28 @@ pub fn status_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
             }
         });
     });
+}
+
+/// The app's resident memory, read from the operating system at most twice a second rather than
+/// on every frame.
+#[derive(Debug, Default)]
+pub struct MemorySampler {
+    sampled: Option<std::time::Instant>,
+    bytes: Option<u64>,
+}
+
+impl MemorySampler {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+    pub fn sample(&mut self) {
+        if self.sampled.is_none_or(|at| at.elapsed() >= Self::EVERY) {
+            self.bytes = crate::sys::rss_bytes();
+            self.sampled = Some(std::time::Instant::now());
+        }
+    }
+
+    /// The last reading, if any.
+    pub fn bytes(&self) -> Option<u64> {
+        self.bytes
+    }
 }
