@@ -119,6 +119,12 @@ pub struct Analysis {
 }
 
 impl Analysis {
+    /// Memory the result holds, roughly: the reconstruction twice over (it is also what the
+    /// difference, heat-map and token views are made from).
+    pub fn approx_bytes(&self) -> u64 {
+        2 * self.reconstruction.data.len() as u64
+    }
+
     pub fn start(&self) -> usize {
         self.key.settings.start
     }

@@ -3,7 +3,7 @@
 //! polls events once per frame and never waits. Finished analyses are cached per
 //! (input, model, settings), so switching back to a computed rate is instant.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 
 use super::analysis::{self, Analysis, JobKey, ModelFacts};
+use super::cache::{FileIdentity, LruCache};
 use crate::analysis::plan;
 use crate::device;
 use crate::media::{self, Clip, DecodeOptions};
@@ -131,6 +132,11 @@ impl Running {
     }
 }
 
+/// The most bytes of results kept: a quarter of the memory available at start, at least 512 MiB.
+fn results_cache_limit() -> u64 {
+    crate::sys::available_ram().map_or(2 << 30, |a| (a / 4).max(512 << 20))
+}
+
 /// Handles to the workers plus the result cache (owned by the UI thread).
 pub struct Jobs {
     decode_tx: SyncSender<Request>,
@@ -138,7 +144,7 @@ pub struct Jobs {
     events: Receiver<Event>,
     pub running: Option<Running>,
     pub decoding: Option<PathBuf>,
-    cache: HashMap<JobKey, Arc<Analysis>>,
+    cache: LruCache<JobKey, Arc<Analysis>>,
     /// Model keys the worker holds in memory.
     pub loaded: HashSet<String>,
     /// The memory every job may use (`view --memory-budget`); `None` for the default.
@@ -168,7 +174,7 @@ impl Jobs {
             events,
             running: None,
             decoding: None,
-            cache: HashMap::new(),
+            cache: LruCache::new(results_cache_limit()),
             loaded: HashSet::new(),
             memory_budget: None,
         }
@@ -186,6 +192,11 @@ impl Jobs {
         self.cache.get(key).cloned()
     }
 
+    /// Bytes the cached results take (approximately).
+    pub fn cached_bytes(&self) -> u64 {
+        self.cache.total_bytes()
+    }
+
     /// Every cached analysis of one input and settings (one per model).
     pub fn cached_for<'a>(
         &'a self,
@@ -193,8 +204,7 @@ impl Jobs {
         settings: &'a analysis::RunSettings,
     ) -> impl Iterator<Item = &'a Arc<Analysis>> + 'a {
         self.cache
-            .values()
-            .filter(move |a| a.key.input == input && &a.key.settings == settings)
+            .values_where(move |k| k.input == input && &k.settings == settings)
     }
 
     /// Starts a job, cancelling the one running (one inference job at a time).
@@ -266,13 +276,28 @@ impl Jobs {
                         self.running = None;
                     }
                     if let Ok(a) = &result {
-                        self.cache.insert(key.clone(), a.clone());
+                        let evicted = self.cache.insert(key.clone(), a.clone(), a.approx_bytes());
+                        if evicted > 0 {
+                            log::info!(
+                                "results cache full: dropped the {evicted} least recently used"
+                            );
+                        }
                     }
                     out.push(Event::Finished { key, result });
                 }
                 Ok(Event::Decoded { path, result }) => {
                     if self.decoding.as_ref() == Some(&path) {
                         self.decoding = None;
+                    }
+                    // A file changed since its results were computed must not show them.
+                    let stale = self
+                        .cache
+                        .check_input(&path, FileIdentity::of(&path), |k| k.input == path);
+                    if stale > 0 {
+                        log::info!(
+                            "{} changed on disk: dropped {stale} results",
+                            path.display()
+                        );
                     }
                     out.push(Event::Decoded { path, result });
                 }

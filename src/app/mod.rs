@@ -6,6 +6,7 @@
 
 pub mod analysis;
 pub mod bench;
+mod cache;
 pub mod colormap;
 pub mod command;
 mod compare;
