@@ -347,8 +347,8 @@ pub fn plan(job: &JobSpec, budget: Budget) -> Result<Plan, PlanError> {
             ));
         }
     }
-    // Prefer the full window with tiles over a shorter window only when the shorter one does not
-    // fit untiled: candidates are in order (untiled windows, then tiles per window).
+    // Candidates are in order of preference: untiled (asked window, then the shorter one), then
+    // tiles from large to small for each window. The first that fits wins.
     for &(window, tiling) in &candidates {
         let needed = estimate(window, tiling);
         if needed <= budget.bytes {
@@ -407,10 +407,9 @@ pub fn plan(job: &JobSpec, budget: Budget) -> Result<Plan, PlanError> {
     })
 }
 
-/// The budget for a job on `target`: the given size, or what the process holds now plus 80% of
-/// what is still available (RAM, or free VRAM on CUDA).
-pub fn default_budget(device: &candle_core::Device) -> Budget {
-    let held = held_bytes(device);
+/// The default budget for a job on `device`: `held` (from [`held_bytes`]) plus 80% of what is
+/// still available (RAM, or free VRAM on CUDA).
+pub fn default_budget(device: &candle_core::Device, held: u64) -> Budget {
     if let Ok(Some(gpu)) = crate::device::gpu_memory(device) {
         return Budget::from_available(held, gpu.device_total.saturating_sub(gpu.device_used));
     }

@@ -446,6 +446,7 @@ fn analyse_job(
     }
     let device = tokenizer.device();
     let frame_bytes = (clip.frames.width * clip.frames.height * 3) as u64;
+    let held = plan::held_bytes(device);
     let job = plan::JobSpec {
         config,
         height: clip.frames.height,
@@ -454,12 +455,15 @@ fn analyse_job(
         requested_window: s.temporal_window,
         dtype: tokenizer.dtype(),
         target: plan::Target::of(device),
-        held: plan::held_bytes(device),
+        held,
         // The reconstruction, its difference and heat-map images, and the window's tokens.
         kept: count as u64 * frame_bytes * 3,
         tiling_allowed: true,
     };
-    let plan = plan::plan(&job, budget.unwrap_or_else(|| plan::default_budget(device)))?;
+    let plan = plan::plan(
+        &job,
+        budget.unwrap_or_else(|| plan::default_budget(device, held)),
+    )?;
     emit(Event::Planned {
         key: key.clone(),
         memory: JobMemory {

@@ -126,10 +126,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let weights_bytes = rss_bytes().unwrap_or(0).saturating_sub(rss_before);
     // Bench runs the network on the whole input at once (no windows, no tiles): refuse what
     // cannot fit before the input is allocated.
+    let held = plan::held_bytes(&device);
     let budget = args
         .memory_budget
-        .map_or_else(|| plan::default_budget(&device), plan::Budget::given);
-    let estimate = plan::held_bytes(&device)
+        .map_or_else(|| plan::default_budget(&device, held), plan::Budget::given);
+    let estimate = held
         + plan::network_working_bytes(
             cfg,
             frames,

@@ -202,9 +202,10 @@ fn evaluate(
     let cfg = model.config();
     let (width, height) = frames.size();
     let expected_frames = frames.frames_hint();
+    let held = plan::held_bytes(&device);
     let budget = args
         .memory_budget
-        .map_or_else(|| plan::default_budget(&device), plan::Budget::given);
+        .map_or_else(|| plan::default_budget(&device, held), plan::Budget::given);
     let job = plan::JobSpec {
         config: cfg,
         height,
@@ -213,7 +214,7 @@ fn evaluate(
         requested_window: args.window,
         dtype,
         target: plan::Target::of(&device),
-        held: plan::held_bytes(&device),
+        held,
         // Per-frame PSNR, SSIM and MSE.
         kept: expected_frames as u64 * 24,
         tiling_allowed: true,

@@ -145,9 +145,10 @@ pub fn encode_media(
         bail!("`encode` writes tokens: give an output ending in .safetensors (or use `reconstruct` for media)");
     }
     let device = model.device();
+    let held = plan::held_bytes(device);
     let budget = options
         .memory_budget
-        .map_or_else(|| plan::default_budget(device), plan::Budget::given);
+        .map_or_else(|| plan::default_budget(device, held), plan::Budget::given);
     let clip_bytes = clip.frames.data.len() as u64;
     let job = plan::JobSpec {
         config: model.config(),
@@ -157,7 +158,7 @@ pub fn encode_media(
         requested_window: options.window,
         dtype: model.dtype(),
         target: plan::Target::of(device),
-        held: plan::held_bytes(device),
+        held,
         // The reconstruction (and the side-by-side composite) of the whole clip.
         kept: if reconstruct {
             clip_bytes * if options.side_by_side { 3 } else { 1 }
