@@ -134,27 +134,21 @@ enum InputFrames {
 
 impl InputFrames {
     fn probe(input: &Path, decode: &DecodeOptions) -> anyhow::Result<(Self, Vec<String>)> {
-        match media::VideoDecoder::open(input, decode) {
-            Ok(decoder) => {
-                let info = decoder.info();
-                let video = InputFrames::Video {
-                    width: info.width,
-                    height: info.height,
-                    frames: info.frame_count_estimate,
-                    fps: info.fps,
-                };
-                Ok((video, Vec::new()))
-            }
-            // Stills (and anything FFmpeg's demuxers do not take) go through `media::open`,
-            // which recognises images by content and explains what it cannot read.
-            Err(video_error) => match media::open(input, decode) {
-                Ok(clip) if clip.kind == media::MediaKind::Image => {
-                    let warnings = clip.warnings.clone();
-                    Ok((InputFrames::Image(clip), warnings))
-                }
-                Ok(_) | Err(_) => Err(video_error.into()),
-            },
+        // Stills take the same path as in `media::open` (orientation, 16-bit and alpha handled
+        // there), not FFmpeg's image demuxers.
+        if media::is_still_image(input)? {
+            let clip = media::open(input, decode)?;
+            let warnings = clip.warnings.clone();
+            return Ok((InputFrames::Image(clip), warnings));
         }
+        let info = media::VideoDecoder::open(input, decode)?.info();
+        let video = InputFrames::Video {
+            width: info.width,
+            height: info.height,
+            frames: info.frame_count_estimate,
+            fps: info.fps,
+        };
+        Ok((video, Vec::new()))
     }
 
     fn size(&self) -> (usize, usize) {

@@ -152,6 +152,12 @@ pub fn open(path: impl AsRef<Path>, options: &DecodeOptions) -> Result<Clip, Med
     open_within(path, options, limit)
 }
 
+/// Whether `path` is a still image (by its first bytes, else its name), which [`open`] reads
+/// without FFmpeg; fails with a clear reason when the file is missing, not a file or empty.
+pub fn is_still_image(path: &Path) -> Result<bool, MediaError> {
+    Ok(still::is_image(path, &read_head(path)?))
+}
+
 /// [`open`] with the most bytes of frames the clip may hold: over it, the decode stops with
 /// [`MediaError::ClipTooLarge`] (before it starts when the container lists the frame count).
 pub fn open_within(
