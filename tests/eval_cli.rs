@@ -238,21 +238,8 @@ fn eval_row(
 fn eval_under_a_small_memory_budget_tiles_and_stays_within_it() {
     let dir = std::env::temp_dir().join(format!("tokenscope-budget-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (frames, height, width) = (3, 1080, 1920);
-    let mut data = Vec::with_capacity(frames * height * width * 3);
-    for t in 0..frames {
-        for y in 0..height {
-            for x in 0..width {
-                let v = |k: usize| {
-                    (((x * (3 + k) + y * (2 + k) + t * 7) as f64 / 40.0).sin() * 90.0 + 128.0) as u8
-                };
-                data.extend_from_slice(&[v(0), v(1), v(2)]);
-            }
-        }
-    }
-    let clip = tokenscope::media::RgbFrames::new(frames, height, width, data).unwrap();
     let input = dir.join("hd.mkv");
-    tokenscope::media::write(&clip, 24.0, &input, &[]).unwrap();
+    stripes(&input, 3, 1080, 1920);
     let model = model_dir("CI8x8-tiny");
     let model = model.to_str().unwrap();
     let whole = eval_row(&input, model, &[], &dir.join("whole.json"));
