@@ -28,13 +28,8 @@ pub struct BenchArgs {
     json: bool,
     /// Refuse shapes whose estimated peak exceeds this (`8GiB`, `500MB`); default: what the
     /// process holds plus 80% of the available memory.
-    #[arg(long, value_parser = parse_budget)]
+    #[arg(long, value_parser = super::parse_budget)]
     memory_budget: Option<u64>,
-}
-
-/// `--memory-budget` values, checked when the arguments are read.
-pub fn parse_budget(text: &str) -> Result<u64, String> {
-    crate::analysis::plan::parse_size(text).map_err(|e| e.to_string())
 }
 
 /// Random weights: N(0, 1/fan_in) for convolutions, ones for norms and biases.

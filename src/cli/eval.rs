@@ -43,7 +43,7 @@ pub struct EvalArgs {
     json: Option<PathBuf>,
     /// Memory the whole process may use (`6GiB`, `800MB`); over it, a shorter temporal window
     /// or spatial tiles are chosen. Default: what it holds plus 80% of the available memory.
-    #[arg(long, value_parser = super::bench::parse_budget)]
+    #[arg(long, value_parser = super::parse_budget)]
     memory_budget: Option<u64>,
     #[command(flatten)]
     compute: ComputeArgs,

@@ -131,6 +131,12 @@ impl ModelArgs {
     }
 }
 
+/// `--memory-budget` values (`6GiB`, `800MB`), checked when the arguments are read; shared by
+/// every subcommand that plans memory.
+pub fn parse_budget(text: &str) -> Result<u64, String> {
+    crate::analysis::plan::parse_size(text).map_err(|e| e.to_string())
+}
+
 /// A `--model` value as a path: an existing file or folder as it is; else a model name or repo
 /// id, from the Hugging Face cache or fetched into it.
 pub fn resolve_model_path(spec: &str) -> anyhow::Result<PathBuf> {

@@ -32,7 +32,7 @@ pub struct EncodeArgs {
     /// Memory the whole process may use (`6GiB`, `800MB`); over it, a shorter window (and for
     /// media output, spatial tiles) is chosen. Default: what it holds plus 80% of the available
     /// memory.
-    #[arg(long, value_parser = super::bench::parse_budget)]
+    #[arg(long, value_parser = super::parse_budget)]
     memory_budget: Option<u64>,
 }
 

@@ -35,7 +35,7 @@ pub struct ViewArgs {
     pub screenshot: Option<PathBuf>,
     /// Memory each job may use in all (`6GiB`, `800MB`); over it the planner shortens the window
     /// or tiles. Default: 80% of the memory available when the job starts.
-    #[arg(long, value_parser = super::bench::parse_budget)]
+    #[arg(long, value_parser = super::parse_budget)]
     pub memory_budget: Option<u64>,
 }
 
