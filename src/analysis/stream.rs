@@ -1,5 +1,5 @@
 //! One model over a clip, window by window: read a window of frames, run the official wrapper on
-//! it (tiled if the plan says so), measure it, hand it to the caller, drop it. Peak memory is one
+//! it (tiled if the plan says so), measure it, drop it. Peak memory is one
 //! window's, however long the clip.
 
 use std::sync::atomic::AtomicBool;
@@ -152,16 +152,6 @@ impl FrameSource for Decoded {
     }
 }
 
-/// One window as it comes out of the model, lent to the caller before it is dropped.
-pub struct WindowOutput<'a> {
-    /// Index of the window's first frame in the clip.
-    pub start: usize,
-    pub original: &'a RgbFrames,
-    pub reconstruction: &'a RgbFrames,
-    /// `None` when the window was tiled.
-    pub tokens: Option<&'a Tokens>,
-}
-
 /// What is kept of one window.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WindowStats {
@@ -226,7 +216,6 @@ pub fn analyse(
     plan: &Plan,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(usize, Option<usize>),
-    sink: &mut dyn FnMut(WindowOutput<'_>) -> Result<(), AnalysisError>,
 ) -> Result<ClipAnalysis, AnalysisError> {
     let (width, height) = source.size();
     let expected = source.frames_hint();
@@ -277,17 +266,6 @@ pub fn analyse(
                 decode_seconds: w.decode_seconds,
             });
         }
-        // One run of the wrapper per source window: its single window's tokens go to the sink.
-        let tokens = match result.windows.as_slice() {
-            [only] => only.tokens.as_ref(),
-            _ => None,
-        };
-        sink(WindowOutput {
-            start: done,
-            original: &original,
-            reconstruction: &result.reconstruction,
-            tokens,
-        })?;
         done += original.frames;
         progress(done, expected);
     }

@@ -224,7 +224,6 @@ fn evaluate(
         let total = total.map_or_else(|| "?".to_string(), |t| t.to_string());
         bar.set_message(format!("{model_spec}: frame {done}/{total}"));
     };
-    let mut keep_nothing = |_: stream::WindowOutput<'_>| Ok(());
     let analysis = match frames {
         InputFrames::Image(clip) => stream::analyse(
             model,
@@ -232,19 +231,11 @@ fn evaluate(
             &plan,
             cancel,
             &mut progress,
-            &mut keep_nothing,
         )?,
         InputFrames::Video { .. } => {
             let decoder = media::VideoDecoder::open(input, &args.decode_options())?;
             let mut source = stream::Decoded::new(decoder);
-            let analysis = stream::analyse(
-                model,
-                &mut source,
-                &plan,
-                cancel,
-                &mut progress,
-                &mut keep_nothing,
-            )?;
+            let analysis = stream::analyse(model, &mut source, &plan, cancel, &mut progress)?;
             for warning in source.warnings() {
                 bar.println(format!("warning: {}: {warning}", input.display()));
             }
