@@ -820,7 +820,7 @@ fn ffmpeg_psnr_filter_agrees() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Timing (run with: cargo test --release --test metrics -- --ignored --nocapture)
+// Timing (run with: cargo test --release --test it -- --ignored --nocapture metrics::)
 
 #[test]
 #[ignore = "timing; run in release with --ignored --nocapture"]

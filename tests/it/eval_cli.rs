@@ -3,11 +3,10 @@
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
 use std::process::Command;
 
-use common::model_dir;
+use crate::common::model_dir;
 
 #[test]
 fn eval_prints_a_full_row_and_writes_json_and_csv() {

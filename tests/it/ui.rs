@@ -6,7 +6,6 @@
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -392,7 +391,7 @@ fn view_screenshot_renders_the_window() {
 /// selected and runs.
 #[test]
 fn model_manager_fetches_with_progress_cancel_and_resume() {
-    use common::fake_hub::{scratch, FakeHub};
+    use crate::common::fake_hub::{scratch, FakeHub};
     const REPO: &str = "nvidia/Cosmos-0.1-Tokenizer-DV8x8x8";
     if reference("DV8x8x8-tiny").is_none() {
         eprintln!("skipping: no ../shared/reference");

@@ -4,12 +4,11 @@
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, IndexOp, Tensor};
-use common::{compare, model_dir};
+use crate::common::{compare, model_dir};
 use tokenscope::tokenizer::checkpoint::{self, LoadOptions};
 use tokenscope::tokenizer::runner::{self, RgbFrames, RunOptions, Tiling};
 use tokenscope::tokenizer::TokenizerError;

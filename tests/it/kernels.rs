@@ -1,12 +1,11 @@
 //! The fast CPU convolution kernels against candle's own ops (computed in f64).
 //!
-//! `cargo test --release --test kernels -- --ignored --nocapture bench_conv_shapes` prints a
+//! `cargo test --release --test it -- --ignored --nocapture kernels::bench_conv_shapes` prints a
 //! GFLOP/s table of candle vs the fast kernels for the tokenizer's layer shapes.
 
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
 use std::time::Instant;
 
@@ -16,7 +15,7 @@ use tokenscope::tokenizer::kernels;
 /// Deterministic uniform values in [-1, 1).
 fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
-    Tensor::from_vec(common::uniform_values(n, seed), shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(crate::common::uniform_values(n, seed), shape, &Device::Cpu).unwrap()
 }
 
 fn max_abs(t: &Tensor) -> f64 {

@@ -6,7 +6,6 @@
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
 use candle_core::{Device, Tensor, Var};
 use tokenscope::tokenizer::{kernels, ops};
@@ -14,7 +13,7 @@ use tokenscope::train::flow::{Flow, Warp};
 use tokenscope::train::vgg;
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    common::uniform_values(n, seed)
+    crate::common::uniform_values(n, seed)
 }
 
 /// Compares d f / d x from autograd with central differences at a spread of elements.
