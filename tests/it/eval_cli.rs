@@ -3,7 +3,6 @@
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-
 use std::process::Command;
 
 use crate::common::model_dir;

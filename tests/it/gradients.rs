@@ -6,7 +6,6 @@
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-
 use candle_core::{Device, Tensor, Var};
 use tokenscope::tokenizer::{kernels, ops};
 use tokenscope::train::flow::{Flow, Warp};

@@ -6,15 +6,14 @@
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::Tensor;
 use crate::common::fake_hub::{scratch, sha256_hex, FakeHub, Seen, COMMIT};
 use crate::common::{assert_close, assert_exact_i64, load_io, model_dir};
+use candle_core::Tensor;
 use tokenscope::hub::{
     find_model, known_models, CacheStatus, FetchProgress, Hub, HubConfig, HubError, Phase, Release,
     RepoTarget,

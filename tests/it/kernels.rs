@@ -6,7 +6,6 @@
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};

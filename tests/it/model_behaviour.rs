@@ -4,11 +4,10 @@
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{Device, IndexOp, Tensor};
 use crate::common::{compare, model_dir};
+use candle_core::{Device, IndexOp, Tensor};
 use tokenscope::tokenizer::checkpoint::{self, LoadOptions};
 use tokenscope::tokenizer::runner::{self, RgbFrames, RunOptions, Tiling};
 use tokenscope::tokenizer::TokenizerError;

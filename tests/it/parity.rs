@@ -4,11 +4,10 @@
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-
 use std::path::Path;
 
-use candle_core::Tensor;
 use crate::common::{assert_close, assert_exact_i64, load_io, model_dir};
+use candle_core::Tensor;
 use tokenscope::tokenizer::checkpoint::{self, CheckpointForm, LoadOptions};
 use tokenscope::tokenizer::Tokens;
 
