@@ -16,6 +16,7 @@ use std::fmt;
 use candle_core::DType;
 
 use crate::tokenizer::config::NetworkConfig;
+use crate::tokenizer::model::Tokenizer;
 use crate::tokenizer::runner::{self, Tiling, SPATIAL_ALIGN};
 
 /// Why a job cannot be planned.
@@ -304,6 +305,37 @@ pub struct JobSpec<'a> {
     pub kept: u64,
     /// Whether tiles may be used: a job that must return the clip's tokens cannot tile.
     pub tiling_allowed: bool,
+}
+
+impl<'a> JobSpec<'a> {
+    /// `model` over `frames` frames of `width`×`height` at the wrapper's default window, against
+    /// what the process holds now, keeping nothing else, tiles allowed. Callers override the
+    /// fields that differ.
+    pub fn for_model(model: &'a Tokenizer, (width, height): (usize, usize), frames: usize) -> Self {
+        let device = model.device();
+        JobSpec {
+            config: model.config(),
+            height,
+            width,
+            frames,
+            requested_window: runner::DEFAULT_TEMPORAL_WINDOW,
+            dtype: model.dtype(),
+            target: Target::of(device),
+            held: held_bytes(device),
+            kept: 0,
+            tiling_allowed: true,
+        }
+    }
+}
+
+/// [`plan`] against `budget` bytes, or when `None` the default budget of `device` (the job's).
+pub fn plan_on(
+    device: &candle_core::Device,
+    job: &JobSpec,
+    budget: Option<u64>,
+) -> Result<Plan, PlanError> {
+    let budget = budget.map_or_else(|| default_budget(device, job.held), Budget::given);
+    plan(job, budget)
 }
 
 /// Tile edges tried, largest first: attention is global, so bigger tiles stay closer to the

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use crate::metrics::{ClipMetrics, ClipSummary, MetricsError};
 use crate::tokenizer::fsq::CODEBOOK_SIZE;
 use crate::tokenizer::model::{Tokenizer, Tokens};
-use crate::tokenizer::runner::{self, RgbFrames, RunOptions};
+use crate::tokenizer::runner::{self, RgbFrames, RunOptions, RunResult};
 use crate::tokenizer::TokenizerError;
 
 use super::plan::Plan;
@@ -54,15 +54,26 @@ pub trait FrameSource {
     fn next_frames(&mut self, count: usize) -> Result<Option<RgbFrames>, AnalysisError>;
 }
 
-/// A clip already in memory.
+/// A clip already in memory, or a range of its frames.
 pub struct InMemory<'a> {
     clip: &'a RgbFrames,
     next: usize,
+    end: usize,
 }
 
 impl<'a> InMemory<'a> {
     pub fn new(clip: &'a RgbFrames) -> Self {
-        Self { clip, next: 0 }
+        Self::range(clip, 0, clip.frames)
+    }
+
+    /// Frames `start .. start + count` of `clip` (fewer where the clip ends first).
+    pub fn range(clip: &'a RgbFrames, start: usize, count: usize) -> Self {
+        let end = start.saturating_add(count).min(clip.frames);
+        Self {
+            clip,
+            next: start.min(end),
+            end,
+        }
     }
 }
 
@@ -72,11 +83,11 @@ impl FrameSource for InMemory<'_> {
     }
 
     fn frames_hint(&self) -> Option<usize> {
-        Some(self.clip.frames)
+        Some(self.end - self.next)
     }
 
     fn next_frames(&mut self, count: usize) -> Result<Option<RgbFrames>, AnalysisError> {
-        let count = count.min(self.clip.frames.saturating_sub(self.next));
+        let count = count.min(self.end.saturating_sub(self.next));
         if count == 0 {
             return Ok(None);
         }
@@ -189,6 +200,28 @@ impl ClipAnalysis {
     pub fn first_grid(&self) -> Option<(usize, usize, usize)> {
         self.windows.iter().find_map(|w| w.grid)
     }
+
+    /// What `model`'s tokens of the clip cost per source pixel (see [`bits_per_pixel`]).
+    pub fn bits_per_pixel(&self, model: &Tokenizer) -> f64 {
+        let config = model.config();
+        bits_per_pixel(
+            self.token_positions,
+            config.family.is_discrete(),
+            config.latent_channels,
+            model.dtype().size_in_bytes() * 8,
+            self.frames * self.width * self.height,
+        )
+    }
+}
+
+/// One window as it finishes, for callers that keep more than the measurements (the viewer
+/// keeps the reconstruction and the tokens; `eval` keeps nothing).
+pub struct FinishedWindow<'a> {
+    /// The window's first frame, counted from the source's first.
+    pub start: usize,
+    pub original: &'a RgbFrames,
+    /// The wrapper's output for the window: its reconstruction and tokens.
+    pub run: RunResult,
 }
 
 /// Bits per source pixel: log2(64,000) per discrete token; the latent's channels at the stored
@@ -216,6 +249,18 @@ pub fn analyse(
     plan: &Plan,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(usize, Option<usize>),
+) -> Result<ClipAnalysis, AnalysisError> {
+    analyse_with(model, source, plan, cancel, progress, &mut |_| Ok(()))
+}
+
+/// [`analyse`], handing each finished window to `keep` before it is dropped.
+pub fn analyse_with(
+    model: &Tokenizer,
+    source: &mut dyn FrameSource,
+    plan: &Plan,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(usize, Option<usize>),
+    keep: &mut dyn FnMut(FinishedWindow<'_>) -> Result<(), AnalysisError>,
 ) -> Result<ClipAnalysis, AnalysisError> {
     let (width, height) = source.size();
     let expected = source.frames_hint();
@@ -266,6 +311,11 @@ pub fn analyse(
                 decode_seconds: w.decode_seconds,
             });
         }
+        keep(FinishedWindow {
+            start: done,
+            original: &original,
+            run: result,
+        })?;
         done += original.frames;
         progress(done, expected);
     }
@@ -305,5 +355,20 @@ mod tests {
         assert_eq!((first.frames, second.frames), (3, 2));
         assert_eq!(second.data, clip.slice(3, 2).unwrap().data);
         assert!(source.next_frames(3).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_in_memory_range_gives_only_its_frames() {
+        let clip = RgbFrames::new(5, 2, 2, (0..60).map(|i| i as u8).collect()).unwrap();
+        let mut source = InMemory::range(&clip, 1, 3);
+        assert_eq!(source.frames_hint(), Some(3));
+        let window = source.next_frames(8).unwrap().unwrap();
+        assert_eq!(window.data, clip.slice(1, 3).unwrap().data);
+        assert!(source.next_frames(8).unwrap().is_none());
+        // A range past the end is empty rather than an error.
+        assert!(InMemory::range(&clip, 9, 2)
+            .next_frames(1)
+            .unwrap()
+            .is_none());
     }
 }

@@ -1,5 +1,6 @@
 //! One job's results: the reconstruction of a frame range, its metrics and the token maps the
-//! panels draw. Built on the worker thread from the runner's output; read-only afterwards.
+//! panels draw. Collected on the worker thread from `analysis::stream`'s windows; read-only
+//! afterwards.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -7,18 +8,20 @@ use std::path::PathBuf;
 use candle_core::DType;
 use serde::Serialize;
 
+use crate::analysis::stream::{AnalysisError, ClipAnalysis, FinishedWindow};
+use crate::analysis::ModelSource;
 use crate::media::RgbFrames;
-use crate::metrics::{ClipMetrics, ClipSummary};
+use crate::metrics::ClipSummary;
 use crate::tokenizer::fsq;
-use crate::tokenizer::runner::{Padding, RunResult};
-use crate::tokenizer::Tokens;
+use crate::tokenizer::runner::Padding;
+use crate::tokenizer::{TokenizerError, Tokens};
 
 /// What a job runs: the input, the model and the settings. Results are cached under it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct JobKey {
     pub input: PathBuf,
-    /// The catalogue key of the model (a path, or a Hugging Face name).
-    pub model: String,
+    /// The catalogue key of the model.
+    pub model: ModelSource,
     pub settings: RunSettings,
 }
 
@@ -195,26 +198,8 @@ pub fn training_shorter_side(variant: &str) -> usize {
     }
 }
 
-/// Per-frame PSNR/SSIM of a reconstruction against frames `start..` of the original.
-pub fn measure(
-    original: &RgbFrames,
-    start: usize,
-    recon: &RgbFrames,
-) -> anyhow::Result<ClipSummary> {
-    let n = original.width * original.height * 3;
-    let mut metrics = ClipMetrics::new(original.width, original.height);
-    for (i, b) in recon.data.chunks_exact(n).enumerate() {
-        let a = original
-            .data
-            .get((start + i) * n..(start + i + 1) * n)
-            .ok_or_else(|| anyhow::anyhow!("frame {} is outside the clip", start + i))?;
-        metrics.push(a, b)?;
-    }
-    Ok(metrics.finish()?)
-}
-
 /// Token values of one window as flat vectors.
-fn values_from_tokens(tokens: &Tokens) -> anyhow::Result<TokenValues> {
+fn values_from_tokens(tokens: &Tokens) -> candle_core::Result<TokenValues> {
     Ok(match tokens {
         Tokens::Discrete { indices, .. } => TokenValues::Discrete(
             indices
@@ -223,7 +208,8 @@ fn values_from_tokens(tokens: &Tokens) -> anyhow::Result<TokenValues> {
                 .to_vec1::<i64>()?,
         ),
         Tokens::Continuous { latent } => {
-            let channels = latent.dims().get(1).copied().unwrap_or(0);
+            // (B, C, H, W) for images, (B, C, T, H, W) for videos.
+            let channels = latent.dim(1)?;
             let latent = latent
                 .to_dtype(DType::F32)?
                 .flatten_all()?
@@ -245,29 +231,23 @@ pub fn pca_rgb(latent: &[f32], channels: usize) -> Vec<[u8; 3]> {
     if n == 0 {
         return Vec::new();
     }
-    let channel = |c: usize| latent.get(c * n..(c + 1) * n).unwrap_or(&[]);
-    let means: Vec<f64> = (0..channels)
-        .map(|c| channel(c).iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64)
+    // Channel-major: one row of `n` values per channel.
+    let rows: Vec<&[f32]> = latent.chunks_exact(n).collect();
+    let means: Vec<f64> = rows
+        .iter()
+        .map(|row| row.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64)
         .collect();
-    let mut cov = vec![0f64; channels * channels];
-    for a in 0..channels {
-        for b in a..channels {
-            let (ma, mb) = (
-                means.get(a).copied().unwrap_or(0.0),
-                means.get(b).copied().unwrap_or(0.0),
-            );
-            let s: f64 = channel(a)
+    let mut cov = vec![vec![0f64; channels]; channels];
+    for (a, (row_a, mean_a)) in rows.iter().zip(&means).enumerate() {
+        for (b, (row_b, mean_b)) in rows.iter().zip(&means).enumerate().skip(a) {
+            let s = row_a
                 .iter()
-                .zip(channel(b))
-                .map(|(&x, &y)| (f64::from(x) - ma) * (f64::from(y) - mb))
+                .zip(row_b.iter())
+                .map(|(&x, &y)| (f64::from(x) - mean_a) * (f64::from(y) - mean_b))
                 .sum::<f64>()
                 / n as f64;
-            if let Some(v) = cov.get_mut(a * channels + b) {
-                *v = s;
-            }
-            if let Some(v) = cov.get_mut(b * channels + a) {
-                *v = s;
-            }
+            cov[a][b] = s;
+            cov[b][a] = s;
         }
     }
     // Power iteration with deflation: three components of a 16×16 matrix are cheap.
@@ -278,15 +258,9 @@ pub fn pca_rgb(latent: &[f32], channels: usize) -> Vec<[u8; 3]> {
             .collect();
         let mut eigen = 0.0;
         for _ in 0..100 {
-            let mut w: Vec<f64> = (0..channels)
-                .map(|i| {
-                    (0..channels)
-                        .map(|j| {
-                            cov.get(i * channels + j).copied().unwrap_or(0.0)
-                                * v.get(j).copied().unwrap_or(0.0)
-                        })
-                        .sum()
-                })
+            let mut w: Vec<f64> = cov
+                .iter()
+                .map(|row| row.iter().zip(&v).map(|(c, x)| c * x).sum())
                 .collect();
             let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
             if norm < 1e-12 {
@@ -296,46 +270,28 @@ pub fn pca_rgb(latent: &[f32], channels: usize) -> Vec<[u8; 3]> {
             eigen = norm;
             v = w;
         }
-        for i in 0..channels {
-            for j in 0..channels {
-                if let Some(c) = cov.get_mut(i * channels + j) {
-                    *c -=
-                        eigen * v.get(i).copied().unwrap_or(0.0) * v.get(j).copied().unwrap_or(0.0);
-                }
+        for (row, vi) in cov.iter_mut().zip(&v) {
+            for (c, vj) in row.iter_mut().zip(&v) {
+                *c -= eigen * vi * vj;
             }
         }
         components.push(v);
     }
-    let projections: Vec<Vec<f32>> = components
-        .iter()
-        .map(|comp| {
-            (0..n)
-                .map(|p| {
-                    comp.iter()
-                        .enumerate()
-                        .map(|(c, w)| {
-                            w * (f64::from(latent.get(c * n + p).copied().unwrap_or(0.0))
-                                - means.get(c).copied().unwrap_or(0.0))
-                        })
-                        .sum::<f64>() as f32
-                })
-                .collect()
-        })
-        .collect();
-    let ranges: Vec<(f32, f32)> = projections.iter().map(|p| percentile_range(p)).collect();
-    (0..n)
-        .map(|p| {
-            let mut rgb = [0u8; 3];
-            for (k, out) in rgb.iter_mut().enumerate() {
-                let (Some(proj), Some(&(lo, hi))) = (projections.get(k), ranges.get(k)) else {
-                    continue;
-                };
-                let v = proj.get(p).copied().unwrap_or(0.0);
-                *out = (((v - lo) / (hi - lo).max(1e-6)).clamp(0.0, 1.0) * 255.0) as u8;
+    let mut rgb = vec![[0u8; 3]; n];
+    for (k, component) in components.iter().enumerate() {
+        let mut projection = vec![0f64; n];
+        for ((row, weight), mean) in rows.iter().zip(component).zip(&means) {
+            for (acc, &x) in projection.iter_mut().zip(row.iter()) {
+                *acc += weight * (f64::from(x) - mean);
             }
-            rgb
-        })
-        .collect()
+        }
+        let projection: Vec<f32> = projection.into_iter().map(|v| v as f32).collect();
+        let (lo, hi) = percentile_range(&projection);
+        for (pixel, v) in rgb.iter_mut().zip(&projection) {
+            pixel[k] = (((v - lo) / (hi - lo).max(1e-6)).clamp(0.0, 1.0) * 255.0) as u8;
+        }
+    }
+    rgb
 }
 
 /// The 2nd and 98th percentiles, so a few outliers do not wash out the picture.
@@ -345,45 +301,38 @@ pub fn percentile_range(values: &[f32]) -> (f32, f32) {
         return (0.0, 1.0);
     }
     sorted.sort_by(f32::total_cmp);
-    let at = |q: f64| {
-        let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-        sorted.get(i).copied().unwrap_or(0.0)
-    };
+    // `q` in [0, 1] picks an index within the sorted, non-empty values.
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
     (at(0.02), at(0.98))
 }
 
 /// Mean squared error of the pixels each token cell covers (in the padded frame, over the source
-/// frames of its latent frame). Pixels added by padding do not count.
-#[allow(clippy::too_many_arguments)]
+/// frames of its latent frame). Pixels added by padding do not count. `original` and `recon` hold
+/// the same frames; the window's are `first .. first + window.frames` of them.
 fn pool_cells(
     original: &RgbFrames,
     recon: &RgbFrames,
-    recon_start: usize,
+    first: usize,
     window: &WindowTokens,
-    spatial: usize,
-    temporal: usize,
-    video: bool,
+    (spatial, temporal, video): (usize, usize, bool),
 ) -> Vec<f32> {
     let (gt, gh, gw) = window.grid;
     let mut sums = vec![0f64; gt * gh * gw];
     let mut counts = vec![0u64; gt * gh * gw];
     let (w, h) = (original.width, original.height);
     let n = w * h * 3;
-    for offset in 0..window.frames {
-        let frame = window.start + offset;
+    let frames = original
+        .data
+        .chunks_exact(n)
+        .zip(recon.data.chunks_exact(n))
+        .skip(first)
+        .take(window.frames);
+    for (offset, (a, b)) in frames.enumerate() {
         let padded = offset + window.padding.frames.0;
         let t = if video && padded > 0 {
             ((padded - 1) / temporal.max(1) + 1).min(gt.saturating_sub(1))
         } else {
             0
-        };
-        let (Some(a), Some(b)) = (
-            original.data.get(frame * n..(frame + 1) * n),
-            frame
-                .checked_sub(recon_start)
-                .and_then(|local| recon.data.get(local * n..(local + 1) * n)),
-        ) else {
-            continue;
         };
         for (row, (ra, rb)) in a.chunks_exact(w * 3).zip(b.chunks_exact(w * 3)).enumerate() {
             let cy = ((row + window.padding.rows.0) / spatial.max(1)).min(gh.saturating_sub(1));
@@ -441,76 +390,113 @@ pub fn describe_index(index: i64) -> ([i64; fsq::FSQ_DIMS], [f32; fsq::FSQ_DIMS]
     (fsq::digits_from_index(index), fsq::code_from_index(index))
 }
 
-/// Builds the analysis of a finished run.
-pub fn analyse(
-    key: JobKey,
-    model: ModelFacts,
-    original: &RgbFrames,
-    run: RunResult,
-    dtype: DType,
-    seconds: f64,
-) -> anyhow::Result<Analysis> {
-    let start = key.settings.start;
-    let summary = measure(original, start, &run.reconstruction)?;
-    let mut windows = Vec::with_capacity(run.windows.len());
-    let mut positions = 0;
-    let (mut encode_s, mut decode_s) = (0.0, 0.0);
-    for w in &run.windows {
-        encode_s += w.encode_seconds;
-        decode_s += w.decode_seconds;
-        let (grid, values) = match &w.tokens {
-            Some(tokens) => (tokens.grid(), values_from_tokens(tokens)?),
-            None => ((0, 0, 0), TokenValues::None),
-        };
-        positions += grid.0 * grid.1 * grid.2;
-        let mut window = WindowTokens {
-            start: start + w.start,
-            frames: w.frames,
-            padding: w.padding,
-            grid,
-            values,
-            cell_error: Vec::new(),
-        };
-        window.cell_error = pool_cells(
-            original,
-            &run.reconstruction,
+/// What the viewer keeps of a run, window by window, as `analysis::stream` hands them over: the
+/// reconstruction, the token values and each cell's error. The measurements come from the stream.
+pub struct Collector {
+    /// Clip frame of the run's first frame.
+    start: usize,
+    geometry: (usize, usize, bool),
+    width: usize,
+    height: usize,
+    reconstruction: Vec<u8>,
+    windows: Vec<WindowTokens>,
+}
+
+impl Collector {
+    /// For a run from clip frame `start` of `model`'s kind (spatial and temporal compression,
+    /// video or image), reserving room for `frames` frames of `width`×`height`.
+    pub fn new(
+        start: usize,
+        model: &ModelFacts,
+        (width, height): (usize, usize),
+        frames: usize,
+    ) -> Self {
+        Self {
             start,
-            &window,
-            model.spatial,
-            model.temporal,
-            model.video,
-        );
-        windows.push(window);
+            geometry: (model.spatial, model.temporal, model.video),
+            width,
+            height,
+            reconstruction: Vec::with_capacity(frames * width * height * 3),
+            windows: Vec::new(),
+        }
     }
-    let frames = run.reconstruction.frames;
-    let pixels = frames * original.width * original.height;
-    let usage = model.discrete.then(|| {
-        usage(windows.iter().flat_map(|w| match &w.values {
-            TokenValues::Discrete(v) => v.clone(),
-            _ => Vec::new(),
-        }))
-    });
-    let mut analysis = Analysis {
-        bits_per_pixel: crate::analysis::stream::bits_per_pixel(
-            positions,
-            model.discrete,
-            model.latent_channels,
-            dtype.size_in_bytes() * 8,
-            pixels,
-        ),
-        encode_ms_per_frame: encode_s * 1e3 / frames.max(1) as f64,
-        decode_ms_per_frame: decode_s * 1e3 / frames.max(1) as f64,
-        key,
-        model,
-        reconstruction: run.reconstruction,
-        summary,
-        windows,
-        worst: Vec::new(),
-        usage,
-        seconds,
-    };
-    analysis.worst = worst_cells(&analysis, 20);
-    Ok(analysis)
+
+    /// Keeps one finished window.
+    pub fn keep(&mut self, done: FinishedWindow<'_>) -> Result<(), AnalysisError> {
+        let FinishedWindow {
+            start,
+            original,
+            run,
+        } = done;
+        for w in &run.windows {
+            let (grid, values) = match &w.tokens {
+                Some(tokens) => (
+                    tokens.grid(),
+                    values_from_tokens(tokens).map_err(TokenizerError::from)?,
+                ),
+                None => ((0, 0, 0), TokenValues::None),
+            };
+            let mut window = WindowTokens {
+                start: self.start + start + w.start,
+                frames: w.frames,
+                padding: w.padding,
+                grid,
+                values,
+                cell_error: Vec::new(),
+            };
+            window.cell_error = pool_cells(
+                original,
+                &run.reconstruction,
+                w.start,
+                &window,
+                self.geometry,
+            );
+            self.windows.push(window);
+        }
+        self.reconstruction
+            .extend_from_slice(&run.reconstruction.data);
+        Ok(())
+    }
+
+    /// The analysis, once the stream has measured the whole run.
+    pub fn finish(
+        self,
+        key: JobKey,
+        model: ModelFacts,
+        measured: ClipAnalysis,
+        bits_per_pixel: f64,
+        seconds: f64,
+    ) -> Result<Analysis, AnalysisError> {
+        let frames = measured.frames;
+        let reconstruction = RgbFrames::new(frames, self.height, self.width, self.reconstruction)?;
+        let usage = model.discrete.then(|| {
+            usage(
+                self.windows
+                    .iter()
+                    .flat_map(|w| match &w.values {
+                        TokenValues::Discrete(v) => v.as_slice(),
+                        _ => &[],
+                    })
+                    .copied(),
+            )
+        });
+        let per_frame = |s: f64| s * 1e3 / frames.max(1) as f64;
+        let mut analysis = Analysis {
+            bits_per_pixel,
+            encode_ms_per_frame: per_frame(measured.encode_seconds()),
+            decode_ms_per_frame: per_frame(measured.decode_seconds()),
+            key,
+            model,
+            reconstruction,
+            summary: measured.summary,
+            windows: self.windows,
+            worst: Vec::new(),
+            usage,
+            seconds,
+        };
+        analysis.worst = worst_cells(&analysis, 20);
+        Ok(analysis)
+    }
 }
 
 /// The `count` token cells with the largest pooled error.

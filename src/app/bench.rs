@@ -2,6 +2,7 @@
 //! a rate that is already computed. Runs the real app headless (egui layout, command handling and
 //! tessellation; no GPU submission, which eframe does on the same thread after this).
 
+use crate::analysis::ModelSource;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -45,7 +46,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// Runs the benchmark: `models` are two catalogue keys (A, B); `file` the input.
 pub fn run(
     options: ViewerOptions,
-    other_model: &str,
+    other_model: &ModelSource,
     timeout: Duration,
 ) -> anyhow::Result<UiBench> {
     let ctx = egui::Context::default();
@@ -83,8 +84,8 @@ pub fn run(
     let mut times = wait_until(&mut app, &|a| a.current.is_some())?;
     let job_seconds = job_start.elapsed().as_secs_f64();
     // A second rate, then back to the first (cached).
-    app.push(Command::SelectModel(other_model.to_string()));
-    let b = other_model.to_string();
+    app.push(Command::SelectModel(other_model.clone()));
+    let b = other_model.clone();
     wait_until(&mut app, &move |a| {
         a.current.as_ref().is_some_and(|c| c.key.model == b)
     })?;

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use super::state::{Layout, ViewSettings};
+use crate::analysis::ModelSource;
 
 /// What an export writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +39,7 @@ pub enum Command {
     /// Ask for a checkpoint folder or file with the system dialog.
     OpenModelDialog,
     /// Make this model (catalogue key) current and run it (instant when cached).
-    SelectModel(String),
+    SelectModel(ModelSource),
     /// Run the current model on the current input with the current settings.
     Run,
     /// Run every available model in turn.

@@ -10,15 +10,16 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendE
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context as _;
-
 use super::analysis::{self, Analysis, JobKey, ModelFacts};
 use super::cache::{FileIdentity, LruCache};
-use crate::analysis::plan;
+use crate::analysis::stream::{self, AnalysisError};
+use crate::analysis::{plan, ModelError, ModelSource};
 use crate::device;
+use crate::hub::{FetchProgress, Hub};
 use crate::media::{self, Clip, DecodeOptions};
-use crate::tokenizer::checkpoint::{self, LoadOptions, LoadedModel};
-use crate::tokenizer::runner::{self, RunOptions};
+use crate::shipped;
+use crate::tokenizer::checkpoint::{LoadOptions, LoadedModel};
+use crate::tokenizer::TokenizerError;
 
 /// Models the inference worker keeps in memory.
 const LOADED_MODELS: usize = 4;
@@ -33,6 +34,8 @@ enum Request {
         cancel: Arc<AtomicBool>,
         /// `None`: 80% of the memory available when the job starts.
         memory_budget: Option<u64>,
+        /// Where official releases come from (`None`: the cache is off).
+        hub: Option<Arc<Hub>>,
     },
 }
 
@@ -50,9 +53,9 @@ pub enum Event {
         total: usize,
     },
     /// A model is now in the worker's memory.
-    Loaded(String),
+    Loaded(ModelSource),
     /// A model was dropped from the worker's memory to make room.
-    Unloaded(String),
+    Unloaded(ModelSource),
     /// The memory planner's decision for the running job.
     Planned { key: JobKey, memory: JobMemory },
     Finished {
@@ -76,9 +79,14 @@ impl JobError {
     fn from_anyhow(e: &anyhow::Error) -> Self {
         let cancelled = e.chain().any(|cause| {
             matches!(
-                cause.downcast_ref::<crate::tokenizer::TokenizerError>(),
-                Some(crate::tokenizer::TokenizerError::Cancelled)
-            )
+                cause.downcast_ref::<TokenizerError>(),
+                Some(TokenizerError::Cancelled)
+            ) || matches!(
+                cause.downcast_ref::<AnalysisError>(),
+                Some(AnalysisError::Cancelled)
+            ) || cause
+                .downcast_ref::<ModelError>()
+                .is_some_and(ModelError::is_cancelled)
         });
         if cancelled {
             return JobError::Cancelled;
@@ -145,10 +153,12 @@ pub struct Jobs {
     pub running: Option<Running>,
     pub decoding: Option<PathBuf>,
     cache: LruCache<JobKey, Arc<Analysis>>,
-    /// Model keys the worker holds in memory.
-    pub loaded: HashSet<String>,
+    /// Models the worker holds in memory.
+    pub loaded: HashSet<ModelSource>,
     /// The memory every job may use (`view --memory-budget`); `None` for the default.
     pub memory_budget: Option<u64>,
+    /// Where jobs find official releases (`None`: the Hugging Face cache is off).
+    pub hub: Option<Arc<Hub>>,
 }
 
 impl Jobs {
@@ -177,6 +187,7 @@ impl Jobs {
             cache: LruCache::new(results_cache_limit()),
             loaded: HashSet::new(),
             memory_budget: None,
+            hub: None,
         }
     }
 
@@ -222,6 +233,7 @@ impl Jobs {
                 clip,
                 cancel: cancel.clone(),
                 memory_budget: self.memory_budget,
+                hub: self.hub.clone(),
             },
         )?;
         self.running = Some(Running {
@@ -326,7 +338,7 @@ fn worker(
     events: SyncSender<Event>,
     repaint: Option<Arc<dyn Fn() + Send + Sync>>,
 ) {
-    let mut models: Vec<(String, Arc<LoadedModel>)> = Vec::new();
+    let mut models: Vec<(ModelSource, Arc<LoadedModel>)> = Vec::new();
     let emit = |event: Event| {
         // Progress may be dropped when the UI is behind; results never are.
         let sent = match event {
@@ -352,28 +364,40 @@ fn worker(
                 clip,
                 cancel,
                 memory_budget,
+                hub,
             } => {
                 if cancel.load(Ordering::Relaxed) {
                     continue;
                 }
-                let budget = memory_budget.map(plan::Budget::given);
-                let result = analyse_job(&key, name, &clip, budget, &cancel, &mut models, &emit)
-                    .map(Arc::new)
-                    .map_err(|e| JobError::from_anyhow(&e));
+                let result = analyse_job(
+                    &key,
+                    name,
+                    &clip,
+                    memory_budget,
+                    hub.as_deref(),
+                    &cancel,
+                    &mut models,
+                    &emit,
+                )
+                .map(Arc::new)
+                .map_err(|e| JobError::from_anyhow(&e));
                 emit(Event::Finished { key, result });
             }
         }
     }
 }
 
-/// Loads (or reuses) the model, runs the wrapper on the frame range and measures the result.
+/// Loads (or reuses) the model, plans the job's memory, runs `analysis::stream` over the frame
+/// range and keeps what the panels draw.
+#[allow(clippy::too_many_arguments)]
 fn analyse_job(
     key: &JobKey,
     name: String,
     clip: &Clip,
-    budget: Option<plan::Budget>,
+    budget: Option<u64>,
+    hub: Option<&Hub>,
     cancel: &AtomicBool,
-    models: &mut Vec<(String, Arc<LoadedModel>)>,
+    models: &mut Vec<(ModelSource, Arc<LoadedModel>)>,
     emit: &dyn Fn(Event) -> bool,
 ) -> anyhow::Result<Analysis> {
     let started = Instant::now();
@@ -397,26 +421,27 @@ fn analyse_job(
         None => {
             let device = device::select_device(device::DeviceChoice::Auto)?;
             let dtype = device::select_dtype(device::DTypeChoice::Auto, &device)?;
-            // Entries are on disk by the time they run: official releases are fetched by the
-            // rates panel (with its progress and cancel), never from inside a job.
-            let path = PathBuf::from(&key.model);
-            if !path.exists() {
-                anyhow::bail!(
-                    "`{}` is not on disk; fetch it from the Compression rates panel or open a checkpoint folder",
-                    key.model
+            let options = LoadOptions {
+                variant: None,
+                device,
+                dtype,
+            };
+            let mut fetch_progress = |p: &FetchProgress<'_>| {
+                // Bytes in MiB: the bar counts in usize, and a release is gigabytes.
+                progress(
+                    "fetching model",
+                    (p.bytes >> 20) as usize,
+                    (p.total >> 20) as usize,
                 );
-            }
-            let model = Arc::new(
-                checkpoint::load(
-                    &path,
-                    &LoadOptions {
-                        variant: None,
-                        device,
-                        dtype,
-                    },
-                )
-                .with_context(|| format!("loading `{}`", path.display()))?,
-            );
+            };
+            let (_, model) = key.model.load(
+                &shipped::project_root(),
+                hub,
+                &options,
+                cancel,
+                &mut fetch_progress,
+            )?;
+            let model = Arc::new(model);
             if models.len() >= LOADED_MODELS {
                 let (evicted, _) = models.remove(0);
                 emit(Event::Unloaded(evicted));
@@ -445,25 +470,15 @@ fn analyse_job(
         );
     }
     let device = tokenizer.device();
-    let frame_bytes = (clip.frames.width * clip.frames.height * 3) as u64;
-    let held = plan::held_bytes(device);
+    let size = (clip.frames.width, clip.frames.height);
+    let frame_bytes = (size.0 * size.1 * 3) as u64;
     let job = plan::JobSpec {
-        config,
-        height: clip.frames.height,
-        width: clip.frames.width,
-        frames: count,
         requested_window: s.temporal_window,
-        dtype: tokenizer.dtype(),
-        target: plan::Target::of(device),
-        held,
         // The reconstruction, its difference and heat-map images, and the window's tokens.
         kept: count as u64 * frame_bytes * 3,
-        tiling_allowed: true,
+        ..plan::JobSpec::for_model(tokenizer, size, count)
     };
-    let plan = plan::plan(
-        &job,
-        budget.unwrap_or_else(|| plan::default_budget(device, held)),
-    )?;
+    let plan = plan::plan_on(device, &job, budget)?;
     emit(Event::Planned {
         key: key.clone(),
         memory: JobMemory {
@@ -472,15 +487,6 @@ fn analyse_job(
             adjustment: plan.adjustment.clone(),
         },
     });
-    let frames = clip.frames.slice(s.start, count)?;
-    let options = RunOptions {
-        temporal_window: plan.temporal_window,
-        tiling: plan.tiling,
-    };
-    let run = runner::reconstruct(tokenizer, &frames, &options, cancel, &mut |done, total| {
-        progress("encoding and decoding windows", done, total);
-    })?;
-    progress("measuring", 1, 1);
     let facts = ModelFacts {
         name,
         variant: loaded.variant_name.clone(),
@@ -491,18 +497,28 @@ fn analyse_job(
         temporal: config.temporal_compression,
         latent_channels: config.latent_channels,
         parameters: loaded.parameters,
-        device: device::describe(tokenizer.device()),
+        device: device::describe(device),
         dtype: format!("{:?}", tokenizer.dtype()).to_lowercase(),
         training_shorter_side: analysis::training_shorter_side(&loaded.variant_name),
     };
-    analysis::analyse(
+    let mut collector = analysis::Collector::new(s.start, &facts, size, count);
+    let mut source = stream::InMemory::range(&clip.frames, s.start, count);
+    let measured = stream::analyse_with(
+        tokenizer,
+        &mut source,
+        &plan,
+        cancel,
+        &mut |done, total| progress("encoding and decoding", done, total.unwrap_or(count)),
+        &mut |window| collector.keep(window),
+    )?;
+    let bits_per_pixel = measured.bits_per_pixel(tokenizer);
+    Ok(collector.finish(
         key.clone(),
         facts,
-        &clip.frames,
-        run,
-        tokenizer.dtype(),
+        measured,
+        bits_per_pixel,
         started.elapsed().as_secs_f64(),
-    )
+    )?)
 }
 
 #[cfg(test)]
@@ -513,8 +529,9 @@ mod job_error_tests {
     /// else that merely says "cancelled" counts as one.
     #[test]
     fn cancel_is_told_apart_by_type_not_by_text() {
+        use anyhow::Context as _;
         let cancelled: anyhow::Result<()> =
-            Err(crate::tokenizer::TokenizerError::Cancelled).context("running the model");
+            Err(TokenizerError::Cancelled).context("running the model");
         assert_eq!(
             JobError::from_anyhow(&cancelled.unwrap_err()),
             JobError::Cancelled
@@ -523,6 +540,10 @@ mod job_error_tests {
         assert_eq!(
             JobError::from_anyhow(&lookalike),
             JobError::Failed("cancelled".into())
+        );
+        assert_eq!(
+            JobError::from_anyhow(&AnalysisError::Cancelled.into()),
+            JobError::Cancelled
         );
         let failed: anyhow::Result<()> =
             Err(anyhow::anyhow!("no such file")).context("loading `m`");

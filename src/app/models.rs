@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::analysis::ModelSource;
 use crate::hub::{CacheStatus, Hub, Release};
 pub use crate::shipped::{folders_in, project_root, trained_models};
 use crate::tokenizer::config::{self, Family};
@@ -40,8 +41,8 @@ pub enum Availability {
 /// One model in the catalogue.
 #[derive(Clone, Debug)]
 pub struct ModelEntry {
-    /// What the job runs: a folder or file path (the catalogue key).
-    pub key: String,
+    /// What the job runs (the catalogue key).
+    pub key: ModelSource,
     pub name: String,
     pub origin: Origin,
     pub family: Option<Family>,
@@ -108,15 +109,19 @@ fn describe_folder(path: &Path) -> (Option<Family>, usize, usize) {
     (None, 0, 0)
 }
 
-/// An entry for a folder or file on disk.
+/// An entry for a folder or file on disk; shipped models are keyed by name.
 pub fn entry_for_path(path: &Path, origin: Origin) -> ModelEntry {
     let (family, spatial, temporal) = describe_folder(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string());
+    let key = match origin {
+        Origin::Trained => ModelSource::Shipped(name.clone()),
+        _ => ModelSource::Path(path.to_path_buf()),
+    };
     ModelEntry {
-        key: path.display().to_string(),
+        key,
         name,
         origin,
         family,
@@ -143,7 +148,7 @@ pub fn scan(root: &Path, picked: &[PathBuf], hub: Option<&Hub>) -> Vec<ModelEntr
         out.push(entry_for_path(&dir, Origin::Reference));
     }
     for p in picked {
-        if !out.iter().any(|e| Path::new(&e.key) == p) {
+        if !out.iter().any(|e| e.key == ModelSource::Path(p.clone())) {
             out.push(entry_for_path(p, Origin::Picked));
         }
     }
@@ -174,10 +179,10 @@ pub fn scan(root: &Path, picked: &[PathBuf], hub: Option<&Hub>) -> Vec<ModelEntr
             };
             let (key, availability) = match &entry.status {
                 CacheStatus::Complete { snapshot, .. } => {
-                    (snapshot.display().to_string(), Availability::OnDisk)
+                    (ModelSource::Path(snapshot.clone()), Availability::OnDisk)
                 }
                 CacheStatus::Partial { missing, .. } => (
-                    entry.model.repo.to_string(),
+                    ModelSource::Hub(entry.model.repo.to_string()),
                     Availability::Unavailable(format!(
                         "partly in the Hugging Face cache (missing {}): {}",
                         missing.join(", "),
@@ -185,7 +190,7 @@ pub fn scan(root: &Path, picked: &[PathBuf], hub: Option<&Hub>) -> Vec<ModelEntr
                     )),
                 ),
                 CacheStatus::Absent => (
-                    entry.model.repo.to_string(),
+                    ModelSource::Hub(entry.model.repo.to_string()),
                     Availability::Unavailable(format!(
                         "not in the Hugging Face cache: {}",
                         how_to_get()
@@ -227,13 +232,18 @@ pub fn default_model(entries: &[ModelEntry]) -> Option<&ModelEntry> {
 
 /// Finds an entry by key, by name, or by a path that canonicalises to the same folder.
 pub fn find<'a>(entries: &'a [ModelEntry], spec: &str) -> Option<&'a ModelEntry> {
+    let root = project_root();
     let canonical = Path::new(spec).canonicalize().ok();
     entries.iter().find(|e| {
-        e.key == spec
+        e.key.to_string() == spec
             || e.name == spec
-            || canonical
-                .as_ref()
-                .is_some_and(|c| Path::new(&e.key).canonicalize().ok().as_ref() == Some(c))
+            || canonical.as_ref().is_some_and(|c| {
+                e.key
+                    .local_path(&root)
+                    .and_then(|p| p.canonicalize().ok())
+                    .as_ref()
+                    == Some(c)
+            })
     })
 }
 

@@ -146,7 +146,7 @@ pub fn rates_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
                     .default_open(true)
                     .show(ui, |ui| {
                         for e in entries {
-                            let selected = app.model.as_deref() == Some(e.key.as_str());
+                            let selected = app.model.as_ref() == Some(&e.key);
                             let has_result = cached.iter().any(|a| a.key.model == e.key);
                             ui.horizontal(|ui| {
                                 let mut label = format!(

@@ -16,10 +16,7 @@ pub fn status_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
                 .eta_seconds()
                 .map(|s| format!(" · ETA {s:.0} s"))
                 .unwrap_or_default();
-            let name = std::path::Path::new(&r.key.model)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = r.key.model.short_name();
             ui.add(
                 egui::ProgressBar::new(r.fraction())
                     .desired_width(140.0)

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 
@@ -14,7 +14,7 @@ use super::ComputeArgs;
 use crate::analysis::{plan, stream};
 use crate::io::write_atomically;
 use crate::media::{self, DecodeOptions};
-use crate::tokenizer::checkpoint::{self, LoadOptions};
+use crate::tokenizer::checkpoint::LoadOptions;
 use crate::tokenizer::runner;
 
 #[derive(Args, Debug, Clone)]
@@ -182,38 +182,23 @@ fn evaluate(
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<EvalRow> {
     let (device, dtype) = args.compute.resolve()?;
-    let model_path = super::resolve_model_path(model_spec)?;
-    let loaded = checkpoint::load(
-        &model_path,
-        &LoadOptions {
-            variant: None,
-            device: device.clone(),
-            dtype,
-        },
-    )
-    .with_context(|| format!("loading `{model_spec}`"))?;
+    let options = LoadOptions {
+        variant: None,
+        device: device.clone(),
+        dtype,
+    };
+    let (_, loaded) = super::models::load_model(model_spec, &options)?;
     let model = &loaded.tokenizer;
     let cfg = model.config();
     let (width, height) = frames.size();
     let expected_frames = frames.frames_hint();
-    let held = plan::held_bytes(&device);
-    let budget = args
-        .memory_budget
-        .map_or_else(|| plan::default_budget(&device, held), plan::Budget::given);
     let job = plan::JobSpec {
-        config: cfg,
-        height,
-        width,
-        frames: expected_frames,
         requested_window: args.window,
-        dtype,
-        target: plan::Target::of(&device),
-        held,
         // Per-frame PSNR, SSIM and MSE.
         kept: expected_frames as u64 * 24,
-        tiling_allowed: true,
+        ..plan::JobSpec::for_model(model, (width, height), expected_frames)
     };
-    let plan = plan::plan(&job, budget)?;
+    let plan = plan::plan_on(&device, &job, args.memory_budget)?;
     if let Some(adjustment) = &plan.adjustment {
         bar.println(format!(
             "note: {} × {model_spec}: {adjustment}",
@@ -244,8 +229,6 @@ fn evaluate(
     };
     let summary = &analysis.summary;
     let frame_count = analysis.frames;
-    let pixels = frame_count * width * height;
-    let dtype_bits = dtype.size_in_bytes() * 8;
     let positions = analysis.token_positions;
     let tokens_per_frame = positions as f64 / frame_count.max(1) as f64;
     let fps = frames.fps();
@@ -263,13 +246,7 @@ fn evaluate(
         windows: analysis.windows.len(),
         tokens_per_frame,
         tokens_per_second: tokens_per_frame * fps,
-        bits_per_pixel: stream::bits_per_pixel(
-            positions,
-            cfg.family.is_discrete(),
-            cfg.latent_channels,
-            dtype_bits,
-            pixels,
-        ),
+        bits_per_pixel: analysis.bits_per_pixel(model),
         psnr_clip: summary.psnr_clip,
         psnr_mean: summary.psnr_mean,
         psnr_min: summary.psnr_min,

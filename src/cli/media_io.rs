@@ -144,21 +144,9 @@ pub fn encode_media(
     if !reconstruct && !to_tensors {
         bail!("`encode` writes tokens: give an output ending in .safetensors (or use `reconstruct` for media)");
     }
-    let device = model.device();
-    let held = plan::held_bytes(device);
-    let budget = options
-        .memory_budget
-        .map_or_else(|| plan::default_budget(device, held), plan::Budget::given);
     let clip_bytes = clip.frames.data.len() as u64;
     let job = plan::JobSpec {
-        config: model.config(),
-        height: clip.frames.height,
-        width: clip.frames.width,
-        frames: clip.frames.frames,
         requested_window: options.window,
-        dtype: model.dtype(),
-        target: plan::Target::of(device),
-        held,
         // The reconstruction (and the side-by-side composite) of the whole clip.
         kept: if reconstruct {
             clip_bytes * if options.side_by_side { 3 } else { 1 }
@@ -167,8 +155,13 @@ pub fn encode_media(
         },
         // Tokens of a clip need every window whole.
         tiling_allowed: reconstruct && !to_tensors,
+        ..plan::JobSpec::for_model(
+            model,
+            (clip.frames.width, clip.frames.height),
+            clip.frames.frames,
+        )
     };
-    let plan = plan::plan(&job, budget)?;
+    let plan = plan::plan_on(model.device(), &job, options.memory_budget)?;
     if let Some(adjustment) = &plan.adjustment {
         eprintln!("note: {adjustment}");
     }

@@ -14,11 +14,10 @@ mod view;
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::device::{self, DTypeChoice, DeviceChoice};
-use crate::tokenizer::checkpoint::{self, LoadOptions, LoadedModel};
+use crate::tokenizer::checkpoint::{LoadOptions, LoadedModel};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -113,9 +112,7 @@ impl ModelArgs {
             device,
             dtype,
         };
-        let path = models::resolve_model_arg(&self.model)?;
-        let loaded = checkpoint::load(&path, &options)
-            .with_context(|| format!("loading `{}`", path.display()))?;
+        let (path, loaded) = models::load_model(&self.model.to_string_lossy(), &options)?;
         eprintln!(
             "model: {} ({}) from {} [{}], variant from {}",
             loaded.variant_name,
@@ -135,12 +132,6 @@ impl ModelArgs {
 /// every subcommand that plans memory.
 pub fn parse_budget(text: &str) -> Result<u64, String> {
     crate::analysis::plan::parse_size(text).map_err(|e| e.to_string())
-}
-
-/// A `--model` value as a path: an existing file or folder as it is; else a model name or repo
-/// id, from the Hugging Face cache or fetched into it.
-pub fn resolve_model_path(spec: &str) -> anyhow::Result<PathBuf> {
-    models::resolve_model_arg(std::path::Path::new(spec))
 }
 
 pub fn run() -> anyhow::Result<()> {

@@ -1,13 +1,16 @@
 //! `models list` and `models fetch`, and what `--model NAME` does when NAME is not a path.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::analysis::{ModelError, ModelSource};
 use crate::hub::{CacheStatus, FetchProgress, Hub, Phase};
+use crate::shipped::project_root;
+use crate::tokenizer::checkpoint::{LoadOptions, LoadedModel};
 
 #[derive(Args, Debug)]
 pub struct ModelsArgs {
@@ -229,16 +232,19 @@ fn fetch(hub: &Hub, args: &FetchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `--model` names: an existing file or folder as it is; else a variant name or repo id,
-/// found in the Hugging Face cache or fetched into it (with a progress bar) when allowed.
-pub fn resolve_model_arg(model: &Path) -> anyhow::Result<PathBuf> {
-    if model.exists() {
-        return Ok(model.to_path_buf());
-    }
-    let spec = model.to_string_lossy();
+/// Loads what `--model` names (a path, a shipped nano model, or a release from the Hugging
+/// Face cache, fetched with a progress bar when missing and allowed); returns where it was read.
+pub fn load_model(spec: &str, options: &LoadOptions) -> Result<(PathBuf, LoadedModel), ModelError> {
+    let source = ModelSource::parse(spec, &project_root());
     let hub = Hub::from_env();
     let mut progress = CliProgress::new();
-    let result = hub.resolve(&spec, &AtomicBool::new(false), &mut |p| progress.update(p));
+    let result = source.load(
+        &project_root(),
+        Some(&hub),
+        options,
+        &AtomicBool::new(false),
+        &mut |p| progress.update(p),
+    );
     progress.finish();
-    Ok(result?)
+    result
 }

@@ -1,5 +1,6 @@
 //! `view` (also what `tokenscope` with no arguments runs) and `bench-ui`.
 
+use crate::analysis::ModelSource;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -86,7 +87,7 @@ pub fn bench_ui(args: &BenchUiArgs) -> anyhow::Result<()> {
     let entries = app::models::scan(&app::models::project_root(), &[], None);
     let other = app::models::find(&entries, &args.other)
         .map(|e| e.key.clone())
-        .unwrap_or(args.other.clone());
+        .unwrap_or_else(|| ModelSource::parse(&args.other, &app::models::project_root()));
     let result = app::bench::run(options, &other, Duration::from_secs(600))?;
     println!(
         "UI benchmark: {} then {}, {} frames",

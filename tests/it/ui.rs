@@ -6,13 +6,13 @@
 // Tests fail loudly: unwrap and expect are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
+use tokenscope::analysis::ModelSource;
 use tokenscope::app::{Command, ExportKind, Layout, TokenView, ViewerApp, ViewerOptions};
 
 const FRAMES: usize = 9;
@@ -117,12 +117,12 @@ fn viewer_runs_switches_scrubs_and_exports() {
 
     // Switch rate: runs; switching back is a cache hit (same analysis, no job).
     h.state_mut()
-        .push(Command::SelectModel(cv.display().to_string()));
+        .push(Command::SelectModel(ModelSource::Path(cv.clone())));
     step_until(&mut h, "second rate", |a| {
         a.current.as_ref().is_some_and(|c| !c.model.discrete)
     });
     h.state_mut()
-        .push(Command::SelectModel(dv.display().to_string()));
+        .push(Command::SelectModel(ModelSource::Path(dv.clone())));
     h.step();
     let back = h
         .state()
@@ -453,7 +453,7 @@ fn model_manager_fetches_with_progress_cancel_and_resume() {
     step_until(&mut h, "fetch ends", |app| app.fetching.is_none());
     let fetched = entry(h.state());
     assert!(fetched.is_available(), "{:?}", fetched.availability);
-    assert_eq!(h.state().model.as_deref(), Some(fetched.key.as_str()));
+    assert_eq!(h.state().model.as_ref(), Some(&fetched.key));
     let resumed = server.requests().into_iter().any(|r| {
         r.host == "storage"
             && r.path.ends_with("encoder.jit")
@@ -522,7 +522,7 @@ fn compare_all_finishes_while_the_window_is_hidden() {
     };
     logic_until(&mut app, "decode", &|a| a.clip.is_some());
     app.push(Command::CompareAll);
-    let available: Vec<String> = app
+    let available: Vec<ModelSource> = app
         .models
         .iter()
         .filter(|e| e.is_available())
@@ -536,10 +536,10 @@ fn compare_all_finishes_while_the_window_is_hidden() {
             && a.jobs.running.is_none()
             && a.jobs.cached_for(&input, &settings).count() == available.len()
     };
-    let missing = |a: &ViewerApp| -> Vec<String> {
+    let missing = |a: &ViewerApp| -> Vec<ModelSource> {
         let input = root().join("assets/demo.mp4");
         let settings = a.settings();
-        let done: Vec<String> = a
+        let done: Vec<ModelSource> = a
             .jobs
             .cached_for(&input, &settings)
             .map(|r| r.key.model.clone())
