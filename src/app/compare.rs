@@ -181,7 +181,7 @@ pub fn compare_ui(
         let response = ui.allocate_rect(rect, Sense::click_and_drag());
         let painter = ui.painter_at(rect);
         let wipe_x = rect.width() * app.view.wipe;
-        match (&app.frames, app.has_gpu()) {
+        match (&app.textures.pair, app.has_gpu()) {
             (Some(frames), true) => {
                 let params = Params {
                     pane: [rect.width(), rect.height(), ppp, mode.code()],

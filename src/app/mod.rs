@@ -13,11 +13,11 @@ mod compare;
 pub mod fetch;
 mod files;
 pub mod gpu;
-mod help;
 pub mod jobs;
 mod metrics_panel;
 pub mod models;
 mod rates;
+mod shortcuts;
 pub mod state;
 mod status;
 mod timeline;
@@ -29,7 +29,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use egui::{Key, Vec2};
+use egui::Vec2;
 
 pub use self::analysis::{Analysis, JobKey, RunSettings};
 pub use self::command::{Command, ExportKind};
@@ -38,6 +38,7 @@ use self::gpu::FramePair;
 use self::jobs::{Event, JobError, Jobs};
 use self::models::ModelEntry;
 pub use self::state::{AppState, Layout, TokenView, ViewSettings};
+use crate::analysis::ModelSource;
 use crate::hub::{Hub, HubConfig};
 use crate::media::Clip;
 
@@ -126,19 +127,56 @@ struct TokenTexture {
     texture: egui::TextureHandle,
 }
 
+/// Playing the clip at its frame rate.
+#[derive(Debug, Default)]
+pub struct Playback {
+    pub playing: bool,
+    /// Seconds of play not yet turned into frame steps.
+    clock: f64,
+}
+
+/// The textures on screen and what they were built from, so they are rebuilt only when that
+/// changes.
+struct Textures {
+    /// Whether the comparison is drawn by the wgpu callback (else by egui images).
+    gpu: bool,
+    /// Original and reconstruction of the current frame, for the wgpu callback.
+    pair: Option<Arc<FramePair>>,
+    /// (frame, width, height) `pair` was built for.
+    pair_key: Option<(usize, usize, usize)>,
+    /// Bumped with every new pair, so the GPU side re-uploads.
+    generation: u64,
+    tokens: Option<TokenTexture>,
+}
+
+/// The system dialogs run on threads; their answers come back on this channel.
+struct Dialogs {
+    tx: Sender<DialogAnswer>,
+    rx: Receiver<DialogAnswer>,
+}
+
+/// Runs waiting for their turn.
+struct RunQueue {
+    /// "Compare all": models still to run, popped from the back.
+    compare: Vec<ModelSource>,
+    /// Catalogue keys of `ViewerOptions::also`, queued once the clip is decoded.
+    also: Vec<ModelSource>,
+    /// Whether to run the model as soon as the clip is decoded.
+    autorun: bool,
+}
+
 pub struct ViewerApp {
     pub state: AppState,
     pub clip: Option<Arc<Clip>>,
     pub models: Vec<ModelEntry>,
     picked_models: Vec<PathBuf>,
     /// Catalogue key of the current model.
-    pub model: Option<String>,
+    pub model: Option<ModelSource>,
     pub jobs: Jobs,
     /// The analysis of (clip, model, settings), when computed.
     pub current: Option<Arc<Analysis>>,
     pub frame: usize,
-    pub playing: bool,
-    play_clock: f64,
+    pub playback: Playback,
     pub view: ViewTransform,
     pub hover: Option<Hover>,
     pub selected_index: Option<i64>,
@@ -146,19 +184,12 @@ pub struct ViewerApp {
     /// Failures not yet dismissed; each is shown once.
     pub errors: Vec<String>,
     pub notice: Option<String>,
-    gpu: bool,
-    frames: Option<Arc<FramePair>>,
-    frames_key: Option<(usize, usize, usize)>,
-    generation: u64,
-    token_texture: Option<TokenTexture>,
+    textures: Textures,
     screenshot: ScreenshotPlan,
     pub show_help: bool,
-    compare_queue: Vec<String>,
-    dialog_tx: Sender<DialogAnswer>,
-    dialog_rx: Receiver<DialogAnswer>,
+    queue: RunQueue,
+    dialogs: Dialogs,
     pub last_export: Option<PathBuf>,
-    /// Whether to run the model as soon as the clip is decoded.
-    autorun: bool,
     pending_seek: Option<usize>,
     /// The official releases' source and cache (None: not listed).
     hub: Option<Arc<Hub>>,
@@ -166,8 +197,6 @@ pub struct ViewerApp {
     pub fetching: Option<Fetch>,
     /// Wakes the UI from a worker thread.
     wake: Arc<dyn Fn() + Send + Sync>,
-    /// Catalogue keys of `ViewerOptions::also`, queued once the clip is decoded.
-    also: Vec<String>,
     /// Duration of the last `frame_ui` call, for the benchmark.
     pub last_frame_ms: f64,
     /// Resident memory, sampled on a timer for the status bar.
@@ -208,26 +237,32 @@ impl ViewerApp {
             jobs,
             current: None,
             frame: 0,
-            playing: false,
-            play_clock: 0.0,
+            playback: Playback::default(),
             view: ViewTransform::default(),
             hover: None,
             selected_index: None,
             commands: Vec::new(),
             errors: Vec::new(),
             notice: None,
-            gpu: gpu::installed(render_state),
-            frames: None,
-            frames_key: None,
-            generation: 0,
-            token_texture: None,
+            textures: Textures {
+                gpu: gpu::installed(render_state),
+                pair: None,
+                pair_key: None,
+                generation: 0,
+                tokens: None,
+            },
             screenshot: ScreenshotPlan::default(),
             show_help: false,
-            compare_queue: Vec::new(),
-            dialog_tx,
-            dialog_rx,
+            queue: RunQueue {
+                compare: Vec::new(),
+                also: Vec::new(),
+                autorun: true,
+            },
+            dialogs: Dialogs {
+                tx: dialog_tx,
+                rx: dialog_rx,
+            },
             last_export: None,
-            autorun: true,
             pending_seek: options.frame,
             hub: (!options.no_hub).then(|| {
                 Arc::new(Hub::new(
@@ -236,7 +271,6 @@ impl ViewerApp {
             }),
             fetching: None,
             wake,
-            also: Vec::new(),
             last_frame_ms: 0.0,
             memory: status::MemorySampler::default(),
         };
@@ -252,6 +286,7 @@ impl ViewerApp {
         }
         app.screenshot.path = options.screenshot.clone();
         app.rescan_models();
+        app.jobs.hub = app.hub.clone();
         let wanted = options.model.clone().or(app.state.last_model.clone());
         app.model = wanted
             .as_deref()
@@ -264,22 +299,20 @@ impl ViewerApp {
                         p.exists().then(|| {
                             app.picked_models.push(p.clone());
                             app.rescan_models();
-                            p.display().to_string()
+                            ModelSource::Path(p)
                         })
                     })
             })
             .or_else(|| models::default_model(&app.models).map(|e| e.key.clone()));
-        if options.model.is_some() && app.model.as_deref() != options.model.as_deref() {
-            if let Some(spec) = &options.model {
-                if models::find(&app.models, spec).is_none() {
-                    app.errors
-                        .push(format!("model `{spec}` not found; using the default"));
-                }
+        if let Some(spec) = &options.model {
+            if models::find(&app.models, spec).is_none() && !Path::new(spec).exists() {
+                app.errors
+                    .push(format!("model `{spec}` not found; using the default"));
             }
         }
         for spec in &options.also {
             match models::find(&app.models, spec) {
-                Some(e) => app.also.push(e.key.clone()),
+                Some(e) => app.queue.also.push(e.key.clone()),
                 None => app.errors.push(format!("model `{spec}` not found")),
             }
         }
@@ -290,7 +323,7 @@ impl ViewerApp {
 
     /// Whether the comparison is drawn by the wgpu callback.
     pub fn has_gpu(&self) -> bool {
-        self.gpu
+        self.textures.gpu
     }
 
     fn rescan_models(&mut self) {
@@ -303,8 +336,8 @@ impl ViewerApp {
 
     /// The current model's catalogue entry.
     pub fn model_entry(&self) -> Option<&ModelEntry> {
-        let key = self.model.as_deref()?;
-        self.models.iter().find(|e| e.key == key)
+        let key = self.model.as_ref()?;
+        self.models.iter().find(|e| &e.key == key)
     }
 
     pub fn settings(&self) -> RunSettings {
@@ -343,8 +376,8 @@ impl ViewerApp {
     }
 
     /// Models "Compare all" has still to run.
-    pub fn compare_pending(&self) -> &[String] {
-        &self.compare_queue
+    pub fn compare_pending(&self) -> &[ModelSource] {
+        &self.queue.compare
     }
 
     /// Queues a command (tests and the benchmark drive the app this way too).
@@ -365,7 +398,7 @@ impl ViewerApp {
         self.apply_commands(ctx);
         self.refresh_current();
         self.memory.sample();
-        if self.jobs.busy() || self.fetching.is_some() || !self.compare_queue.is_empty() {
+        if self.jobs.busy() || self.fetching.is_some() || !self.queue.compare.is_empty() {
             ctx.request_repaint();
         }
     }
@@ -415,17 +448,17 @@ impl ViewerApp {
         }
         let hover = egui::CentralPanel::default_margins()
             .show(ui, |ui| {
-                let tex = self.token_texture.as_ref().map(|t| t.texture.id());
+                let tex = self.textures.tokens.as_ref().map(|t| t.texture.id());
                 compare::compare_ui(self, tex, ui, &mut out)
             })
             .inner;
         self.hover = hover;
-        help::help_ui(self, &ctx, &mut out);
+        shortcuts::help_ui(self, &ctx, &mut out);
         files::errors_ui(self, &ctx, &mut out);
         self.commands.extend(out);
         self.apply_commands(&ctx);
         self.screenshot_step(&ctx);
-        if self.jobs.busy() || self.playing || self.fetching.is_some() {
+        if self.jobs.busy() || self.playback.playing || self.fetching.is_some() {
             ctx.request_repaint();
         }
         self.last_frame_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -459,14 +492,14 @@ impl ViewerApp {
                         self.clip = Some(clip);
                         self.view = ViewTransform::default();
                         self.current = None;
-                        self.frames_key = None;
-                        if !self.also.is_empty() {
+                        self.textures.pair_key = None;
+                        if !self.queue.also.is_empty() {
                             // Popped from the back: the extra models first, the chosen one last.
-                            let mut queue: Vec<String> = self.model.iter().cloned().collect();
-                            queue.extend(self.also.drain(..).rev());
-                            self.compare_queue = queue;
+                            let mut queue: Vec<ModelSource> = self.model.iter().cloned().collect();
+                            queue.extend(self.queue.also.drain(..).rev());
+                            self.queue.compare = queue;
                             self.next_in_queue();
-                        } else if self.autorun {
+                        } else if self.queue.autorun {
                             self.commands.push(Command::Run);
                         }
                     }
@@ -493,11 +526,7 @@ impl ViewerApp {
                         self.notice = Some("cancelled".into());
                     }
                     Err(JobError::Failed(e)) => {
-                        let name = Path::new(&key.model)
-                            .file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or(key.model.clone());
-                        self.errors.push(format!("{name}: {e}"));
+                        self.errors.push(format!("{}: {e}", key.model.short_name()));
                         self.screenshot_fail(&e);
                         if self.jobs.running.is_none() {
                             self.next_in_queue();
@@ -556,7 +585,7 @@ impl ViewerApp {
     }
 
     fn read_dialogs(&mut self) {
-        while let Ok(answer) = self.dialog_rx.try_recv() {
+        while let Ok(answer) = self.dialogs.rx.try_recv() {
             match answer {
                 DialogAnswer::Open(p) => self.commands.push(Command::OpenFile(p)),
                 DialogAnswer::Model(p) => {
@@ -565,7 +594,7 @@ impl ViewerApp {
                     }
                     self.rescan_models();
                     self.commands
-                        .push(Command::SelectModel(p.display().to_string()));
+                        .push(Command::SelectModel(ModelSource::Path(p)));
                 }
                 DialogAnswer::Export(kind, p) => self.commands.push(Command::Export(kind, Some(p))),
                 DialogAnswer::Exported(Ok(p)) => {
@@ -581,93 +610,12 @@ impl ViewerApp {
         if ctx.egui_wants_keyboard_input() {
             return;
         }
-        let mut out = Vec::new();
-        ctx.input(|i| {
-            let pressed = |k| i.key_pressed(k);
-            if pressed(Key::Space) {
-                out.push(Command::TogglePlay);
-            }
-            if pressed(Key::ArrowRight) || pressed(Key::Period) {
-                out.push(Command::Step(1));
-            }
-            if pressed(Key::ArrowLeft) || pressed(Key::Comma) {
-                out.push(Command::Step(-1));
-            }
-            if pressed(Key::Home) {
-                out.push(Command::Seek(0));
-            }
-            if pressed(Key::End) {
-                out.push(Command::Seek(usize::MAX));
-            }
-            for (k, layout) in [Key::Num1, Key::Num2, Key::Num3, Key::Num4]
-                .into_iter()
-                .zip(Layout::ALL)
-            {
-                if pressed(k) {
-                    out.push(Command::SetLayout(layout));
-                }
-            }
-            if pressed(Key::F) {
-                out.push(Command::ZoomFit);
-            }
-            if pressed(Key::Num0) {
-                out.push(Command::ZoomOneToOne);
-            }
-            if pressed(Key::R) {
-                out.push(Command::Run);
-            }
-            if pressed(Key::Escape) {
-                out.push(Command::Cancel);
-            }
-            if pressed(Key::OpenBracket) {
-                out.push(Command::CycleModel(-1));
-            }
-            if pressed(Key::CloseBracket) {
-                out.push(Command::CycleModel(1));
-            }
-            if pressed(Key::O) && i.modifiers.command {
-                out.push(Command::OpenDialog);
-            }
-            if pressed(Key::E) && i.modifiers.command {
-                out.push(Command::Export(ExportKind::Png, None));
-            }
-            let question = i
-                .events
-                .iter()
-                .any(|e| matches!(e, egui::Event::Text(t) if t == "?"));
-            if question || pressed(Key::Questionmark) || pressed(Key::F1) {
-                out.push(Command::ToggleHelp);
-            }
-        });
+        let actions = ctx.input(shortcuts::pressed);
         let mut view = self.state.view.clone();
-        ctx.input(|i| {
-            if i.key_pressed(Key::T) {
-                view.token_view = match view.token_view {
-                    TokenView::Off => TokenView::Values,
-                    _ => TokenView::Off,
-                };
-            }
-            if i.key_pressed(Key::G) {
-                view.show_grid = !view.show_grid;
-            }
-            if i.key_pressed(Key::D) {
-                let all = state::DiffMetric::ALL;
-                let at = all.iter().position(|m| *m == view.diff_metric).unwrap_or(0);
-                view.diff_metric = all
-                    .get((at + 1) % all.len())
-                    .copied()
-                    .unwrap_or(state::DiffMetric::Absolute);
-            }
-            if i.key_pressed(Key::L) {
-                view.looping = !view.looping;
-            }
-            if i.key_pressed(Key::Plus) || i.key_pressed(Key::Equals) {
-                view.gain = (view.gain * 2.0).min(256.0);
-            }
-            if i.key_pressed(Key::Minus) {
-                view.gain = (view.gain / 2.0).max(0.25);
-            }
-        });
+        let mut out = Vec::new();
+        for action in actions {
+            action.apply(&mut view, &mut out);
+        }
         if view != self.state.view {
             out.push(Command::SetView(Box::new(view)));
         }
@@ -690,7 +638,7 @@ impl ViewerApp {
                     .extension()
                     .is_some_and(|e| e == "safetensors" || e == "jit");
             if is_model {
-                let _ = self.dialog_tx.send(DialogAnswer::Model(path));
+                let _ = self.dialogs.tx.send(DialogAnswer::Model(path));
             } else {
                 self.commands.push(Command::OpenFile(path));
             }
@@ -701,16 +649,16 @@ impl ViewerApp {
         let Some(clip) = &self.clip else {
             return;
         };
-        if !self.playing {
-            self.play_clock = 0.0;
+        if !self.playback.playing {
+            self.playback.clock = 0.0;
             return;
         }
         let speed = self.state.view.speed.clamp(0.05, 16.0);
         let fps = clip.playback_fps().max(1.0) * speed;
-        self.play_clock += f64::from(ctx.input(|i| i.stable_dt).min(0.25));
-        let steps = (self.play_clock * fps).floor();
+        self.playback.clock += f64::from(ctx.input(|i| i.stable_dt).min(0.25));
+        let steps = (self.playback.clock * fps).floor();
         if steps >= 1.0 {
-            self.play_clock -= steps / fps;
+            self.playback.clock -= steps / fps;
             let n = clip.frames.frames;
             let next = self.frame + steps as usize;
             if next >= n {
@@ -718,7 +666,7 @@ impl ViewerApp {
                     self.frame = next % n.max(1);
                 } else {
                     self.frame = n.saturating_sub(1);
-                    self.playing = false;
+                    self.playback.playing = false;
                 }
             } else {
                 self.frame = next;
@@ -741,39 +689,39 @@ impl ViewerApp {
     /// Builds the frame pair for the GPU when the frame or the analysis changed.
     fn prepare_frames(&mut self) {
         let Some(clip) = &self.clip else {
-            self.frames = None;
+            self.textures.pair = None;
             return;
         };
         let analysis_id = self.current.as_ref().map_or(0, |a| Arc::as_ptr(a) as usize);
         let key = (self.frame, analysis_id, Arc::as_ptr(clip) as usize);
-        if self.frames_key == Some(key) {
+        if self.textures.pair_key == Some(key) {
             return;
         }
         let Some(original) = self.original_frame(self.frame).map(gpu::rgba_from_rgb) else {
             return;
         };
         let (width, height) = (clip.frames.width as u32, clip.frames.height as u32);
-        self.generation += 1;
+        self.textures.generation += 1;
         let reconstruction = self
             .current
             .as_ref()
             .and_then(|a| a.frame(self.frame))
             .map(gpu::rgba_from_rgb);
-        self.frames = Some(Arc::new(FramePair {
-            generation: self.generation,
+        self.textures.pair = Some(Arc::new(FramePair {
+            generation: self.textures.generation,
             width,
             height,
             original,
             reconstruction,
         }));
-        self.frames_key = Some(key);
+        self.textures.pair_key = Some(key);
     }
 
     /// The token overlay texture of the current frame.
     fn prepare_token_texture(&mut self, ctx: &egui::Context) {
         let view = self.state.view.token_view;
         let Some(a) = self.current.clone() else {
-            self.token_texture = None;
+            self.textures.tokens = None;
             return;
         };
         if view == TokenView::Off {
@@ -791,7 +739,12 @@ impl ViewerApp {
             self.selected_index,
             (self.state.view.token_opacity * 1000.0) as u64,
         );
-        if self.token_texture.as_ref().is_some_and(|tt| tt.key == key) {
+        if self
+            .textures
+            .tokens
+            .as_ref()
+            .is_some_and(|tt| tt.key == key)
+        {
             return;
         }
         let Some(image) = tokens::overlay_image(
@@ -807,16 +760,16 @@ impl ViewerApp {
             return;
         };
         let texture = ctx.load_texture("token overlay", image, egui::TextureOptions::NEAREST);
-        self.token_texture = Some(TokenTexture { key, texture });
+        self.textures.tokens = Some(TokenTexture { key, texture });
     }
 
     /// Whether the token overlay texture of the current frame is built.
     pub fn token_texture_ready(&self) -> bool {
-        self.token_texture.is_some()
+        self.textures.tokens.is_some()
     }
 
     fn next_in_queue(&mut self) {
-        if let Some(next) = self.compare_queue.pop() {
+        if let Some(next) = self.queue.compare.pop() {
             self.commands.push(Command::SelectModel(next));
         }
     }
@@ -843,7 +796,7 @@ impl ViewerApp {
         let name = self
             .model_entry()
             .map(|e| e.name.clone())
-            .unwrap_or_else(|| key.model.clone());
+            .unwrap_or_else(|| key.model.short_name());
         if let Err(e) = self.jobs.run(key, name, clip) {
             self.errors.push(e);
         }
@@ -865,11 +818,11 @@ impl ViewerApp {
                     self.errors.push(e);
                 }
             }
-            Command::OpenDialog => files::open_dialog(self.dialog_tx.clone(), false),
-            Command::OpenModelDialog => files::open_dialog(self.dialog_tx.clone(), true),
+            Command::OpenDialog => files::open_dialog(self.dialogs.tx.clone(), false),
+            Command::OpenModelDialog => files::open_dialog(self.dialogs.tx.clone(), true),
             Command::SelectModel(key) => {
-                self.model = Some(key.clone());
-                self.state.last_model = Some(key);
+                self.state.last_model = Some(key.to_string());
+                self.model = Some(key);
                 self.refresh_current();
                 if self.current.is_none() {
                     self.run_current();
@@ -880,7 +833,7 @@ impl ViewerApp {
             }
             Command::Run => self.run_current(),
             Command::CompareAll => {
-                let mut queue: Vec<String> = self
+                let mut queue: Vec<ModelSource> = self
                     .models
                     .iter()
                     .filter(|e| e.is_available())
@@ -888,18 +841,18 @@ impl ViewerApp {
                     .collect();
                 // Popped from the back: keep the catalogue order.
                 queue.reverse();
-                self.compare_queue = queue;
+                self.queue.compare = queue;
                 self.next_in_queue();
             }
             Command::Cancel => {
-                self.compare_queue.clear();
+                self.queue.compare.clear();
                 self.jobs.cancel();
             }
             Command::Seek(f) => {
                 self.frame = f.min(frames.saturating_sub(1));
             }
             Command::Step(d) => {
-                self.playing = false;
+                self.playback.playing = false;
                 let n = frames as i64;
                 if n > 0 {
                     let next = self.frame as i64 + d;
@@ -910,7 +863,7 @@ impl ViewerApp {
                     };
                 }
             }
-            Command::TogglePlay => self.playing = !self.playing,
+            Command::TogglePlay => self.playback.playing = !self.playback.playing,
             Command::SetLayout(layout) => self.state.view.layout = layout,
             Command::ZoomFit => self.view.fit = true,
             Command::ZoomOneToOne => {
@@ -940,7 +893,7 @@ impl ViewerApp {
             Command::SelectTokenIndex(i) => self.selected_index = i,
             Command::JumpToCell { frame, x, y } => {
                 self.frame = frame.min(frames.saturating_sub(1));
-                self.playing = false;
+                self.playback.playing = false;
                 if let Some(a) = &self.current {
                     let s = a.model.spatial as f32;
                     let w = a
@@ -957,7 +910,7 @@ impl ViewerApp {
             }
             Command::Export(kind, path) => match path {
                 Some(path) if kind == ExportKind::Mp4 => {
-                    if let Err(e) = files::export_mp4(self, path, self.dialog_tx.clone()) {
+                    if let Err(e) = files::export_mp4(self, path, self.dialogs.tx.clone()) {
                         self.errors.push(format!("export failed: {e:#}"));
                     }
                 }
@@ -968,7 +921,7 @@ impl ViewerApp {
                     }
                     Err(e) => self.errors.push(format!("export failed: {e:#}")),
                 },
-                None => files::save_dialog(self.dialog_tx.clone(), kind, self.export_name(kind)),
+                None => files::save_dialog(self.dialogs.tx.clone(), kind, self.export_name(kind)),
             },
             Command::ToggleHelp => self.show_help = !self.show_help,
             Command::DismissError => {
@@ -1067,7 +1020,7 @@ impl ViewerApp {
         }
         let ready = self.current.is_some() || !self.errors.is_empty();
         let timed_out = started.elapsed().as_secs() > 300;
-        if (!ready || self.jobs.busy() || !self.compare_queue.is_empty()) && !timed_out {
+        if (!ready || self.jobs.busy() || !self.queue.compare.is_empty()) && !timed_out {
             ctx.request_repaint();
             return;
         }

@@ -25,7 +25,11 @@ pub fn timeline_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
         {
             out.push(Command::Step(-1));
         }
-        let play = if app.playing { "Pause" } else { "Play" };
+        let play = if app.playback.playing {
+            "Pause"
+        } else {
+            "Play"
+        };
         if ui
             .button(play)
             .on_hover_text("play / pause (Space)")
