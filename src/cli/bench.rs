@@ -8,7 +8,7 @@ use super::ComputeArgs;
 use crate::analysis::plan;
 use crate::sys::{peak_rss_bytes, rss_bytes};
 use crate::tokenizer::config::find_variant;
-use crate::tokenizer::model::{HaarTaps, Tokenizer};
+use crate::tokenizer::model::{HaarTaps, Halves, Tokenizer};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -80,14 +80,11 @@ fn parse_shape(text: &str) -> anyhow::Result<Vec<usize>> {
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values.get(n / 2).copied().unwrap_or(f64::NAN),
-        n => {
-            (values.get(n / 2 - 1).copied().unwrap_or(0.0)
-                + values.get(n / 2).copied().unwrap_or(0.0))
-                / 2.0
-        }
+    let n = values.len();
+    match values {
+        [] => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 
@@ -117,7 +114,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     cfg.check_input_size(frames, height, width)?;
     let rss_before = rss_bytes().unwrap_or(0);
     let vb = candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone());
-    let model = Tokenizer::new(cfg, HaarTaps::default(), true, true, vb)?;
+    let model = Tokenizer::new(cfg, HaarTaps::default(), Halves::Both, vb)?;
     let weights_bytes = rss_bytes().unwrap_or(0).saturating_sub(rss_before);
     // Bench runs the network on the whole input at once (no windows, no tiles): refuse what
     // cannot fit before the input is allocated.

@@ -96,14 +96,42 @@ pub struct Tokenizer {
     dtype: DType,
 }
 
+/// Which halves of a network to build: checkpoints may hold only one (an `encoder.jit` without
+/// its `decoder.jit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Halves {
+    Both,
+    EncoderOnly,
+    DecoderOnly,
+}
+
+impl Halves {
+    /// The halves present, `None` when neither is.
+    pub fn present(encoder: bool, decoder: bool) -> Option<Self> {
+        match (encoder, decoder) {
+            (true, true) => Some(Halves::Both),
+            (true, false) => Some(Halves::EncoderOnly),
+            (false, true) => Some(Halves::DecoderOnly),
+            (false, false) => None,
+        }
+    }
+
+    pub fn encoder(self) -> bool {
+        self != Halves::DecoderOnly
+    }
+
+    pub fn decoder(self) -> bool {
+        self != Halves::EncoderOnly
+    }
+}
+
 impl Tokenizer {
-    /// Builds the halves whose weights `vb` holds. `vb` is rooted at the checkpoint's top level
+    /// Builds `halves` from the weights `vb` holds. `vb` is rooted at the checkpoint's top level
     /// (`encoder.*`, `quant_conv.*`, `post_quant_conv.*`, `decoder.*`).
     pub fn new(
         config: &NetworkConfig,
         taps: HaarTaps,
-        build_encoder: bool,
-        build_decoder: bool,
+        halves: Halves,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
         let video = config.family.is_video();
@@ -114,7 +142,7 @@ impl Tokenizer {
                 Pointwise::new_2d(i, o, vb)
             }
         };
-        let encoder = if build_encoder {
+        let encoder = if halves.encoder() {
             let net = if video {
                 EncoderNet::Video(Box::new(Encoder3d::new(
                     config,
@@ -137,7 +165,7 @@ impl Tokenizer {
         } else {
             None
         };
-        let decoder = if build_decoder {
+        let decoder = if halves.decoder() {
             let post_quant_conv = new_pointwise(
                 config.latent_channels,
                 config.z_channels,

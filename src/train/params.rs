@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{Result, TrainError};
-use crate::tokenizer::model::HaarTaps;
+use crate::tokenizer::model::{HaarTaps, Halves};
 use crate::tokenizer::{NetworkConfig, Tokenizer};
 
 /// Records every (name, shape) the network asks for, handing out zeros.
@@ -52,7 +52,7 @@ pub fn parameter_shapes(config: &NetworkConfig) -> Result<BTreeMap<String, Vec<u
         DType::F32,
         Device::Cpu,
     );
-    Tokenizer::new(config, HaarTaps::default(), true, true, vb)?;
+    Tokenizer::new(config, HaarTaps::default(), Halves::Both, vb)?;
     let shapes = shared
         .shapes
         .lock()
@@ -199,7 +199,12 @@ pub fn tokenizer_from_tensors(
 ) -> Result<Tokenizer> {
     let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-    Ok(Tokenizer::new(config, HaarTaps::default(), true, true, vb)?)
+    Ok(Tokenizer::new(
+        config,
+        HaarTaps::default(),
+        Halves::Both,
+        vb,
+    )?)
 }
 
 fn initial_values(

@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 
 use self::backend::CheckpointBackend;
 use super::config::{self, Family, NetworkConfig};
-use super::model::{HaarTaps, Tokenizer};
+use super::model::{HaarTaps, Halves, Tokenizer};
 use super::{haar, Result, TokenizerError};
 
 /// The file form the weights were read from.
@@ -316,12 +316,12 @@ pub fn load_weights(origin: &Path, weights: Weights, options: &LoadOptions) -> R
     config.check()?;
     let has_encoder = weights.tensors.keys().any(|k| k.starts_with("encoder."));
     let has_decoder = weights.tensors.keys().any(|k| k.starts_with("decoder."));
-    if !has_encoder && !has_decoder {
+    let Some(halves) = Halves::present(has_encoder, has_decoder) else {
         return Err(checkpoint_error(
             origin,
             "holds no `encoder.*` or `decoder.*` tensors; is this a Cosmos tokenizer checkpoint?",
         ));
-    }
+    };
     let video = config.family.is_video();
     let (enc_tap_key, dec_tap_key) = if video {
         ("encoder.patcher3d.wavelets", "decoder.unpatcher3d.wavelets")
@@ -340,16 +340,19 @@ pub fn load_weights(origin: &Path, weights: Weights, options: &LoadOptions) -> R
     let backend = CheckpointBackend::new(weights.tensors, hint);
     let report = backend.report();
     let vb = VarBuilder::from_backend(Box::new(backend), options.dtype, options.device.clone());
-    let tokenizer = match Tokenizer::new(&config, taps, has_encoder, has_decoder, vb) {
+    let tokenizer = match Tokenizer::new(&config, taps, halves, vb) {
         Ok(t) => t,
         Err(e) => return Err(report.take_error().unwrap_or(TokenizerError::Candle(e))),
     };
     let (parameters, unused_keys) = report.usage();
-    if !has_encoder {
-        notes.push("only decoder weights found: decoding works, encoding does not".into());
-    }
-    if !has_decoder {
-        notes.push("only encoder weights found: encoding works, decoding does not".into());
+    match halves {
+        Halves::Both => {}
+        Halves::DecoderOnly => {
+            notes.push("only decoder weights found: decoding works, encoding does not".into())
+        }
+        Halves::EncoderOnly => {
+            notes.push("only encoder weights found: encoding works, decoding does not".into())
+        }
     }
     Ok(LoadedModel {
         tokenizer,
@@ -601,8 +604,9 @@ fn infer_config(origin: &Path, tensors: &HashMap<String, Tensor>) -> Result<Netw
         (true, true) => Family::DV,
     };
     let (channels, patched, z_channels) = if prefix == "encoder" {
-        let out = conv_in.first().copied().unwrap_or(0);
-        let inp = conv_in.get(1).copied().unwrap_or(0);
+        let [out, inp, ..] = conv_in[..] else {
+            return Err(fail(&format!("conv_in weight of shape {conv_in:?}")));
+        };
         let z = if video {
             shape_of(tensors, "encoder.conv_out.0.conv3d.weight")
         } else {
