@@ -32,14 +32,10 @@ fn inferno(t: f32) -> [f32; 3] {
     let c4 = [77.162_935, -33.402_36, -81.807_31];
     let c5 = [-71.319_43, 32.626_064, 73.209_52];
     let c6 = [25.131_126, -12.242_669, -23.070_326];
-    let mut out = [0.0; 3];
-    for (i, o) in out.iter_mut().enumerate() {
-        let at = |c: &[f32; 3]| c.get(i).copied().unwrap_or(0.0);
-        *o = at(&c0)
-            + t * (at(&c1)
-                + t * (at(&c2) + t * (at(&c3) + t * (at(&c4) + t * (at(&c5) + t * at(&c6))))));
-    }
-    out
+    // Horner's rule, one colour channel at a time.
+    std::array::from_fn(|i| {
+        c0[i] + t * (c1[i] + t * (c2[i] + t * (c3[i] + t * (c4[i] + t * (c5[i] + t * c6[i])))))
+    })
 }
 
 /// The colour of `t` in [0, 1] on a scale, as 8-bit RGB.

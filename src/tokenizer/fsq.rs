@@ -48,17 +48,6 @@ fn constants() -> Constants {
     c
 }
 
-/// Bounded value of one FSQ input: `tanh(z + shift)·half_l − offset`, in quantizer units.
-pub fn bound(z: f32, dim: usize) -> f32 {
-    let c = constants();
-    let (h, o, s) = (
-        c.half_l.get(dim).copied().unwrap_or(1.0),
-        c.offset.get(dim).copied().unwrap_or(0.0),
-        c.shift.get(dim).copied().unwrap_or(0.0),
-    );
-    (z + s).tanh() * h - o
-}
-
 /// Digits (each in 0..L) of a codebook index.
 pub fn digits_from_index(index: i64) -> [i64; FSQ_DIMS] {
     let mut digits = [0i64; FSQ_DIMS];
@@ -116,24 +105,19 @@ pub fn quantize(pre_quant: &Tensor) -> Result<(Tensor, Tensor)> {
     let c = constants();
     let mut indices = vec![0i64; batch * positions];
     let mut codes = vec![0f32; batch * FSQ_DIMS * positions];
-    for b in 0..batch {
-        for d in 0..FSQ_DIMS {
-            let (h, o, s, w) = (
-                c.half_l.get(d).copied().unwrap_or(1.0),
-                c.offset.get(d).copied().unwrap_or(0.0),
-                c.shift.get(d).copied().unwrap_or(0.0),
-                c.half_width.get(d).copied().unwrap_or(1.0),
-            );
-            let basis = BASIS.get(d).copied().unwrap_or(0);
-            let base = (b * FSQ_DIMS + d) * positions;
-            let (Some(src), Some(dst)) = (
-                values.get(base..base + positions),
-                codes.get_mut(base..base + positions),
-            ) else {
-                continue;
-            };
-            let index_row = indices.get_mut(b * positions..(b + 1) * positions);
-            let Some(index_row) = index_row else { continue };
+    let per_batch = FSQ_DIMS * positions;
+    for ((src_b, dst_b), index_row) in values
+        .chunks_exact(per_batch)
+        .zip(codes.chunks_exact_mut(per_batch))
+        .zip(indices.chunks_exact_mut(positions))
+    {
+        let dims_of_batch = src_b
+            .chunks_exact(positions)
+            .zip(dst_b.chunks_exact_mut(positions));
+        // Exactly FSQ_DIMS rows per batch item, so `d` indexes the constants in range.
+        for (d, (src, dst)) in dims_of_batch.enumerate() {
+            let (h, o, s, w) = (c.half_l[d], c.offset[d], c.shift[d], c.half_width[d]);
+            let basis = BASIS[d];
             for ((&z, code), index) in src.iter().zip(dst.iter_mut()).zip(index_row.iter_mut()) {
                 let bounded = (z + s).tanh() * h - o;
                 let q = bounded.round_ties_even();
@@ -182,7 +166,7 @@ pub fn quantize_straight_through(pre_quant: &Tensor) -> candle_core::Result<Tens
 /// Turns indices (B, ...) of any integer dtype into channel-first codes (B, 6, ...).
 pub fn codes_from_indices(indices: &Tensor, dtype: DType) -> Result<Tensor> {
     let dims = indices.dims().to_vec();
-    let batch = dims.first().copied().unwrap_or(0);
+    let batch = indices.dim(0)?;
     let positions: usize = dims.iter().skip(1).product();
     let values = indices
         .to_device(&Device::Cpu)?

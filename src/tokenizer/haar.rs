@@ -20,8 +20,8 @@ const SCALE_3D: f64 = 2.0 * std::f64::consts::SQRT_2;
 
 /// Splits dimension `dim` (even length) into its even and odd samples.
 fn split_pairs(x: &Tensor, dim: usize) -> Result<(Tensor, Tensor)> {
+    let len = x.dim(dim)?;
     let mut dims = x.dims().to_vec();
-    let len = dims.get(dim).copied().unwrap_or(0);
     if len % 2 != 0 {
         return Err(super::TokenizerError::InvalidInput(format!(
             "the wavelet transform needs an even length on axis {dim}, got {len}"

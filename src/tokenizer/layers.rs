@@ -76,10 +76,6 @@ impl Conv2d {
         let (_, o, ho, wo) = y.dims4()?;
         y.reshape((b, t, o, ho, wo))
     }
-
-    pub fn out_channels(&self) -> usize {
-        self.weight.dims().first().copied().unwrap_or(0)
-    }
 }
 
 /// A 1x1 (2-D) or 1x1x1 (3-D) convolution: a linear map over channels at every position.
@@ -114,7 +110,7 @@ impl Pointwise {
     pub fn forward_at(&self, x: &Tensor, channel_dim: usize) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let lead: usize = dims.iter().take(channel_dim).product();
-        let channels = dims.get(channel_dim).copied().unwrap_or(0);
+        let channels = x.dim(channel_dim)?;
         let spatial: usize = dims.iter().skip(channel_dim + 1).product();
         let y = kernels::pointwise(
             &x.reshape((lead, channels, spatial))?,
@@ -122,9 +118,8 @@ impl Pointwise {
             Some(&self.bias),
         )?;
         let mut out_dims = dims;
-        if let Some(c) = out_dims.get_mut(channel_dim) {
-            *c = self.weight.dims().first().copied().unwrap_or(0);
-        }
+        // `x.dim` above checked that `channel_dim` is an axis of `x`.
+        out_dims[channel_dim] = self.weight.dim(0)?;
         y.reshape(out_dims)
     }
 }
@@ -171,7 +166,7 @@ impl TemporalConv {
     /// Frame-major (B, T, C, H, W) → (B, T', O, H, W) with T' = ⌊(T + pad − k)/stride⌋ + 1.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
-        let o = self.weight.dims().first().copied().unwrap_or(0);
+        let o = self.weight.dim(0)?;
         if let Some(y) = kernels::causal_temporal_conv(
             &x.reshape((b, t, c, h * w))?,
             &self.weight,

@@ -391,12 +391,16 @@ pub fn sample_batch(
                 let base = ((item * 3 + c) * frames + t) * plane;
                 for y in 0..crop {
                     let row = ((frame * f.height + top + y) * f.width + left) * 3;
-                    for x in 0..crop {
+                    let outside =
+                        || TrainError::Invalid(format!("crop row {y} outside frame {frame}"));
+                    let pixels = f.data.get(row..row + crop * 3).ok_or_else(outside)?;
+                    let slots = values
+                        .get_mut(base + y * crop..base + (y + 1) * crop)
+                        .ok_or_else(outside)?;
+                    for (x, slot) in slots.iter_mut().enumerate() {
                         let sx = if flip { crop - 1 - x } else { x };
-                        let value = f.data.get(row + sx * 3 + c).copied().unwrap_or(0);
-                        if let Some(slot) = values.get_mut(base + y * crop + x) {
-                            *slot = f32::from(value) / 127.5 - 1.0;
-                        }
+                        // sx < crop and c < 3: inside `pixels`.
+                        *slot = f32::from(pixels[sx * 3 + c]) / 127.5 - 1.0;
                     }
                 }
             }

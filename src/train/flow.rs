@@ -19,7 +19,8 @@ impl Gray {
     fn at(&self, x: isize, y: isize) -> f32 {
         let x = x.clamp(0, self.width as isize - 1) as usize;
         let y = y.clamp(0, self.height as isize - 1) as usize;
-        self.values.get(y * self.width + x).copied().unwrap_or(0.0)
+        // Clamped into the image above.
+        self.values[y * self.width + x]
     }
 
     /// Bilinear sample with edge clamping.
@@ -203,14 +204,20 @@ pub fn gray_frames(batch: &Tensor) -> Result<Vec<Vec<Gray>>> {
     for item in 0..b {
         let mut frames = Vec::with_capacity(t);
         for frame in 0..t {
-            let channel = |c: usize| ((item * 3 + c) * t + frame) * plane;
-            let (r, g, bl) = (channel(0), channel(1), channel(2));
-            let luma = (0..plane)
-                .map(|p| {
-                    0.299 * values.get(r + p).copied().unwrap_or(0.0)
-                        + 0.587 * values.get(g + p).copied().unwrap_or(0.0)
-                        + 0.114 * values.get(bl + p).copied().unwrap_or(0.0)
+            let channel = |c: usize| {
+                let start = ((item * 3 + c) * t + frame) * plane;
+                values.get(start..start + plane).ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "frame {frame} of item {item}: channel {c} is outside the batch"
+                    ))
                 })
+            };
+            let (r, g, bl) = (channel(0)?, channel(1)?, channel(2)?);
+            let luma = r
+                .iter()
+                .zip(g)
+                .zip(bl)
+                .map(|((&r, &g), &b)| 0.299 * r + 0.587 * g + 0.114 * b)
                 .collect();
             frames.push(Gray {
                 width: w,
@@ -238,16 +245,28 @@ impl Warp {
         let n = flows.len();
         let (w, h) = flows.first().map_or((0, 0), |f| (f.width, f.height));
         let plane = w * h;
+        if let Some(odd) = flows
+            .iter()
+            .find(|f| (f.width, f.height) != (w, h) || f.dx.len() != plane || f.dy.len() != plane)
+        {
+            return Err(candle_core::Error::Msg(format!(
+                "flows of one warp must all be {w}x{h} with one vector per pixel, got {}x{} ({} / {} vectors)",
+                odd.width,
+                odd.height,
+                odd.dx.len(),
+                odd.dy.len()
+            ))
+            .into());
+        }
         let mut index = vec![vec![0u32; n * plane]; 4];
         let mut weight = vec![vec![0f32; n * plane]; 4];
         for (item, flow) in flows.iter().enumerate() {
             for y in 0..h {
                 for x in 0..w {
                     let p = y * w + x;
-                    let sx = (x as f32 + flow.dx.get(p).copied().unwrap_or(0.0))
-                        .clamp(0.0, (w - 1) as f32);
-                    let sy = (y as f32 + flow.dy.get(p).copied().unwrap_or(0.0))
-                        .clamp(0.0, (h - 1) as f32);
+                    // Every flow was checked to hold one vector per pixel above.
+                    let sx = (x as f32 + flow.dx[p]).clamp(0.0, (w - 1) as f32);
+                    let sy = (y as f32 + flow.dy[p]).clamp(0.0, (h - 1) as f32);
                     let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
                     let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
                     let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
