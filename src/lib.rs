@@ -7,6 +7,7 @@ pub mod analysis;
 pub mod app;
 pub mod cli;
 pub mod device;
+pub mod frames;
 pub mod hub;
 pub mod io;
 #[cfg(feature = "media")]

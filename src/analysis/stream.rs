@@ -4,10 +4,11 @@
 
 use std::sync::atomic::AtomicBool;
 
+use crate::frames::RgbFrames;
 use crate::metrics::{ClipMetrics, ClipSummary, MetricsError};
 use crate::tokenizer::fsq::CODEBOOK_SIZE;
 use crate::tokenizer::model::{Tokenizer, Tokens};
-use crate::tokenizer::runner::{self, RgbFrames, RunOptions, RunResult};
+use crate::tokenizer::runner::{self, RunOptions, RunResult};
 use crate::tokenizer::TokenizerError;
 
 use super::plan::Plan;
@@ -33,6 +34,8 @@ pub enum AnalysisError {
     Tokenizer(TokenizerError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Frames(#[from] crate::frames::FramesError),
 }
 
 impl From<TokenizerError> for AnalysisError {

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use ffmpeg_next as ffmpeg;
 
-pub use crate::tokenizer::runner::RgbFrames;
+pub use crate::frames::RgbFrames;
 pub use composite::{draw_text, side_by_side, PanelLabels, BANNER_HEIGHT, LABEL_SCALE, PANEL_GAP};
 pub use error::MediaError;
 pub use geometry::{size_for_shorter_side, MAX_FRAME_SIDE};

@@ -31,7 +31,7 @@ pub mod tokens;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tokenizer::runner::RgbFrames;
+use crate::frames::RgbFrames;
 
 pub use psnr::{clip_psnr, mse, psnr, sse};
 pub use ssim::ssim;

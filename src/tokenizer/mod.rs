@@ -56,4 +56,10 @@ pub enum TokenizerError {
     Cancelled,
 }
 
+impl From<crate::frames::FramesError> for TokenizerError {
+    fn from(e: crate::frames::FramesError) -> Self {
+        TokenizerError::InvalidInput(e.to_string())
+    }
+}
+
 pub type Result<T, E = TokenizerError> = std::result::Result<T, E>;

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::model::{Tokenizer, Tokens};
 use super::{Result, TokenizerError};
+use crate::frames::RgbFrames;
 
 /// Spatial alignment the official wrapper pads to, for every variant.
 pub const SPATIAL_ALIGN: usize = 16;
@@ -16,51 +17,6 @@ pub const SPATIAL_ALIGN: usize = 16;
 pub const TEMPORAL_ALIGN: usize = 8;
 /// The official default temporal window.
 pub const DEFAULT_TEMPORAL_WINDOW: usize = 17;
-
-/// Frames of 8-bit RGB, frame-major, row-major, channels last: `frames × height × width × 3`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RgbFrames {
-    pub frames: usize,
-    pub height: usize,
-    pub width: usize,
-    pub data: Vec<u8>,
-}
-
-impl RgbFrames {
-    pub fn new(frames: usize, height: usize, width: usize, data: Vec<u8>) -> Result<Self> {
-        let expected = frames
-            .checked_mul(height)
-            .and_then(|n| n.checked_mul(width))
-            .and_then(|n| n.checked_mul(3));
-        if expected != Some(data.len()) || frames == 0 || height == 0 || width == 0 {
-            return Err(TokenizerError::InvalidInput(format!(
-                "{frames} frames of {width}x{height} RGB need {expected:?} bytes, got {}",
-                data.len()
-            )));
-        }
-        Ok(Self {
-            frames,
-            height,
-            width,
-            data,
-        })
-    }
-
-    fn frame_bytes(&self) -> usize {
-        self.height * self.width * 3
-    }
-
-    /// Frames `start..start + count`.
-    pub fn slice(&self, start: usize, count: usize) -> Result<RgbFrames> {
-        let n = self.frame_bytes();
-        let data = self
-            .data
-            .get(start * n..(start + count) * n)
-            .ok_or_else(|| TokenizerError::InvalidInput("frame range out of bounds".into()))?
-            .to_vec();
-        RgbFrames::new(count, self.height, self.width, data)
-    }
-}
 
 /// How much padding the wrapper added (before, after) on each axis.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -115,7 +71,7 @@ pub fn pad(clip: &RgbFrames, padding: Padding) -> Result<RgbFrames> {
             }
         }
     }
-    RgbFrames::new(frame_indices.len(), ph, pw, data)
+    Ok(RgbFrames::new(frame_indices.len(), ph, pw, data)?)
 }
 
 /// Crops the padding back off.
@@ -150,7 +106,7 @@ pub fn crop(clip: &RgbFrames, padding: Padding) -> Result<RgbFrames> {
             data.extend_from_slice(src);
         }
     }
-    RgbFrames::new(frames, height, width, data)
+    Ok(RgbFrames::new(frames, height, width, data)?)
 }
 
 /// uint8 → [-1, 1] as the official code does (float64 arithmetic, then the model dtype).
@@ -214,7 +170,7 @@ pub fn rgb_from_tensor(x: &Tensor) -> Result<RgbFrames> {
                 .floor() as u8
         })
         .collect();
-    RgbFrames::new(t, h, w, data)
+    Ok(RgbFrames::new(t, h, w, data)?)
 }
 
 /// Spatial tiling for frames too large to run at once.
@@ -504,7 +460,7 @@ pub fn blend_tiles(
                 .floor() as u8,
         );
     }
-    RgbFrames::new(t, h, w, data)
+    Ok(RgbFrames::new(t, h, w, data)?)
 }
 
 #[cfg(test)]

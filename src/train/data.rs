@@ -8,9 +8,9 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::{Result, TrainError};
+use crate::frames::RgbFrames;
 #[cfg(feature = "media")]
 use crate::media::{self, DecodeOptions, MediaKind};
-use crate::tokenizer::runner::RgbFrames;
 
 /// Whether a source is a still image or a video: videos give up a validation tail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

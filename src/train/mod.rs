@@ -27,6 +27,8 @@ pub enum TrainError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Write(#[from] crate::io::WriteError),
+    #[error(transparent)]
+    Frames(#[from] crate::frames::FramesError),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -18,9 +18,10 @@ use super::optim::{self, AdamW, AdamWSettings, Ema};
 use super::params::{self, Parameters};
 use super::vgg::Vgg19;
 use super::{card, Result, TrainError};
+use crate::frames::RgbFrames;
 use crate::io;
 use crate::metrics;
-use crate::tokenizer::runner::{self, RgbFrames, RunOptions};
+use crate::tokenizer::runner::{self, RunOptions};
 use crate::tokenizer::{NetworkConfig, Tokenizer};
 
 /// File names inside the output folder.

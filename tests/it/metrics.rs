@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use serde::Deserialize;
+use tokenscope::frames::RgbFrames;
 use tokenscope::metrics::{self, psnr, ssim, ClipMetrics, ClipSummary, FrameMetrics, MetricsError};
-use tokenscope::tokenizer::runner::RgbFrames;
 
 const PSNR_TOL_DB: f64 = 1e-6;
 const SSIM_TOL: f64 = 1e-4;

@@ -8,8 +8,9 @@ use std::sync::atomic::AtomicBool;
 
 use crate::common::{compare, model_dir};
 use candle_core::{Device, IndexOp, Tensor};
+use tokenscope::frames::RgbFrames;
 use tokenscope::tokenizer::checkpoint::{self, LoadOptions};
-use tokenscope::tokenizer::runner::{self, RgbFrames, RunOptions, Tiling};
+use tokenscope::tokenizer::runner::{self, RunOptions, Tiling};
 use tokenscope::tokenizer::TokenizerError;
 
 fn load(name: &str) -> checkpoint::LoadedModel {
