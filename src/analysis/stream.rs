@@ -36,6 +36,10 @@ pub enum AnalysisError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Frames(#[from] crate::frames::FramesError),
+    /// Reading the input or writing an output as the windows arrive.
+    #[cfg(feature = "media")]
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaError),
 }
 
 impl From<TokenizerError> for AnalysisError {
@@ -163,6 +167,82 @@ impl FrameSource for Decoded {
         }
         self.given += frames;
         Ok(Some(RgbFrames::new(frames, height, width, data)?))
+    }
+}
+
+/// An image or video file opened to be read window by window: a still is read once (its
+/// orientation, bit depth and alpha handled by `media::open`), a video decoded as it goes.
+#[cfg(feature = "media")]
+pub enum MediaInput {
+    Still {
+        clip: crate::media::Clip,
+        /// Frames handed out so far.
+        next: usize,
+    },
+    // Boxed: a decoder is large beside a still.
+    Video(Box<Decoded>),
+}
+
+#[cfg(feature = "media")]
+impl MediaInput {
+    pub fn open(
+        path: &std::path::Path,
+        options: &crate::media::DecodeOptions,
+    ) -> Result<Self, crate::media::MediaError> {
+        if crate::media::is_still_image(path)? {
+            let clip = crate::media::open(path, options)?;
+            return Ok(MediaInput::Still { clip, next: 0 });
+        }
+        let decoder = crate::media::VideoDecoder::open(path, options)?;
+        Ok(MediaInput::Video(Box::new(Decoded::new(decoder))))
+    }
+
+    /// Frames per second to play it back at.
+    pub fn fps(&self) -> f64 {
+        match self {
+            MediaInput::Still { clip, .. } => clip.playback_fps(),
+            MediaInput::Video(decoded) => decoded.info().fps,
+        }
+    }
+
+    /// Problems the reader recovered from so far.
+    pub fn warnings(&self) -> Vec<String> {
+        match self {
+            MediaInput::Still { clip, .. } => clip.warnings.clone(),
+            MediaInput::Video(decoded) => decoded.warnings(),
+        }
+    }
+}
+
+#[cfg(feature = "media")]
+impl FrameSource for MediaInput {
+    fn size(&self) -> (usize, usize) {
+        match self {
+            MediaInput::Still { clip, .. } => (clip.frames.width, clip.frames.height),
+            MediaInput::Video(decoded) => decoded.size(),
+        }
+    }
+
+    fn frames_hint(&self) -> Option<usize> {
+        match self {
+            MediaInput::Still { clip, .. } => Some(clip.frames.frames),
+            MediaInput::Video(decoded) => decoded.frames_hint(),
+        }
+    }
+
+    fn next_frames(&mut self, count: usize) -> Result<Option<RgbFrames>, AnalysisError> {
+        match self {
+            MediaInput::Still { clip, next } => {
+                let count = count.min(clip.frames.frames.saturating_sub(*next));
+                if count == 0 {
+                    return Ok(None);
+                }
+                let window = clip.frames.slice(*next, count)?;
+                *next += count;
+                Ok(Some(window))
+            }
+            MediaInput::Video(decoded) => decoded.next_frames(count),
+        }
     }
 }
 

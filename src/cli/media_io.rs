@@ -9,6 +9,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::plan;
+use crate::analysis::stream::{self, FrameSource};
 use crate::io::save_safetensors;
 use crate::media::{self, DecodeOptions, RgbFrames};
 use crate::tokenizer::checkpoint::LoadedModel;
@@ -32,6 +33,11 @@ fn padding_array(p: Padding) -> [usize; 6] {
     [
         p.frames.0, p.frames.1, p.rows.0, p.rows.1, p.cols.0, p.cols.1,
     ]
+}
+
+/// Source frames the windows of a token file cover.
+fn written_frames(windows: &[WindowRecord]) -> usize {
+    windows.iter().map(|w| w.frames).sum()
 }
 
 fn padding_from(a: [usize; 6]) -> Padding {
@@ -134,6 +140,9 @@ pub fn encode_media(
     reconstruct: bool,
     options: MediaRunOptions,
 ) -> anyhow::Result<()> {
+    if reconstruct && streams_to(output) {
+        return reconstruct_streamed(loaded, input, output, options);
+    }
     let clip = media::open(input, &DecodeOptions::default())?;
     for warning in &clip.warnings {
         eprintln!("warning: {}: {warning}", input.display());
@@ -258,22 +267,125 @@ fn labelled_composite(
     clip: &media::Clip,
     reconstruction: &RgbFrames,
 ) -> anyhow::Result<RgbFrames> {
-    let frame_bytes = clip.frames.width * clip.frames.height * 3;
-    let psnr: Vec<f64> = clip
-        .frames
+    Ok(labelled_window(
+        &loaded.variant_name,
+        &clip.frames,
+        reconstruction,
+        |i| clip.first_frame + i * clip.stride,
+    )?)
+}
+
+/// [`labelled_composite`] of one window: `source_frame(i)` numbers its frame `i`.
+fn labelled_window(
+    model: &str,
+    original: &RgbFrames,
+    reconstruction: &RgbFrames,
+    source_frame: impl Fn(usize) -> usize,
+) -> Result<RgbFrames, media::MediaError> {
+    let frame_bytes = original.frame_bytes();
+    let psnr: Vec<f64> = original
         .data
         .chunks_exact(frame_bytes)
         .zip(reconstruction.data.chunks_exact(frame_bytes))
         .map(|(a, b)| crate::metrics::psnr(a, b).unwrap_or(f64::NAN))
         .collect();
-    let composite = media::side_by_side(&clip.frames, reconstruction, |i| media::PanelLabels {
-        original: format!("original  frame {}", clip.first_frame + i * clip.stride),
+    media::side_by_side(original, reconstruction, |i| media::PanelLabels {
+        original: format!("original  frame {}", source_frame(i)),
         reconstruction: match psnr.get(i) {
-            Some(p) if p.is_finite() => format!("{}  PSNR {p:.2} dB", loaded.variant_name),
-            _ => format!("{}  lossless", loaded.variant_name),
+            Some(p) if p.is_finite() => format!("{model}  PSNR {p:.2} dB"),
+            _ => format!("{model}  lossless"),
         },
-    })?;
-    Ok(composite)
+    })
+}
+
+/// Whether an output is a video written frame by frame as the windows arrive.
+fn streams_to(output: &Path) -> bool {
+    output
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("mp4") || e.eq_ignore_ascii_case("mkv"))
+}
+
+/// `reconstruct` to a video: decode a window, run it, write its frames, drop it, so the clip is
+/// never held whole (peak memory is one window's, however long the clip). Tiles when the plan
+/// says so, since no tokens are kept.
+fn reconstruct_streamed(
+    loaded: &LoadedModel,
+    input: &Path,
+    output: &Path,
+    options: MediaRunOptions,
+) -> anyhow::Result<()> {
+    crate::io::ensure_not_input(output, &[input])?;
+    let model = &loaded.tokenizer;
+    let mut source = stream::MediaInput::open(input, &DecodeOptions::default())?;
+    let size = source.size();
+    let expected = source.frames_hint().unwrap_or(1).max(1);
+    let job = plan::JobSpec {
+        requested_window: options.window,
+        // The window's composite, when one is drawn.
+        kept: if options.side_by_side {
+            (options.window * size.0 * size.1 * 3 * 3) as u64
+        } else {
+            0
+        },
+        ..plan::JobSpec::for_model(model, size, expected)
+    };
+    let plan = plan::plan_on(model.device(), &job, options.memory_budget)?;
+    if let Some(adjustment) = &plan.adjustment {
+        eprintln!("note: {adjustment}");
+    }
+    let fps = source.fps();
+    let started = std::time::Instant::now();
+    let mut writer: Option<media::VideoWriter> = None;
+    let mut keep = |window: stream::FinishedWindow<'_>| -> Result<(), stream::AnalysisError> {
+        let frames = if options.side_by_side {
+            labelled_window(
+                &loaded.variant_name,
+                window.original,
+                &window.run.reconstruction,
+                |i| window.start + i,
+            )?
+        } else {
+            window.run.reconstruction
+        };
+        let writer = match &mut writer {
+            Some(writer) => writer,
+            None => writer.insert(media::VideoWriter::create(
+                output,
+                fps,
+                (frames.width, frames.height),
+                &[input],
+            )?),
+        };
+        for pixels in frames.data.chunks_exact(frames.frame_bytes()) {
+            writer.push(pixels)?;
+        }
+        Ok(())
+    };
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let mut progress = |done: usize, total: Option<usize>| {
+        eprint!("\rframe {done}/{}", total.unwrap_or(expected));
+    };
+    let measured =
+        stream::analyse_with(model, &mut source, &plan, &never, &mut progress, &mut keep)?;
+    eprintln!(" done in {:.2} s", started.elapsed().as_secs_f64());
+    for warning in source.warnings() {
+        eprintln!("warning: {}: {warning}", input.display());
+    }
+    let writer = writer.ok_or_else(|| anyhow::anyhow!("`{}` gave no frames", input.display()))?;
+    let written = writer.finish()?;
+    for note in &written.notes {
+        eprintln!("note: {note}");
+    }
+    println!(
+        "wrote {} ({}, {} frames; clip PSNR {:.2} dB, SSIM {:.4})",
+        written.path.display(),
+        written.codec,
+        measured.frames,
+        measured.summary.psnr_clip,
+        measured.summary.ssim_mean
+    );
+    Ok(())
 }
 
 /// `decode` of a token file written by `encode` from media: decodes each window, crops the
@@ -307,19 +419,44 @@ pub fn decode_media(
         .get(name)
         .with_context(|| format!("`{}` has no `{name}` tensor", tokens_path.display()))?;
     let axis = token_time_axis(name, video);
+    let inputs: [&Path; 1] = [tokens_path];
     let mut offset = 0;
-    let mut data = Vec::new();
-    let mut frames = 0;
-    for w in &windows {
+    let mut decode = |w: &WindowRecord| -> anyhow::Result<RgbFrames> {
         let part = all.narrow(axis, offset, w.token_frames.max(1))?;
         offset += w.token_frames.max(1);
         let tokens = model.tokens_from_tensor(&part)?;
-        let decoded = runner::decode_window(model, &tokens, padding_from(w.padding))?;
+        Ok(runner::decode_window(
+            model,
+            &tokens,
+            padding_from(w.padding),
+        )?)
+    };
+    if streams_to(output) {
+        // Window by window into the video: the decoded clip is never held whole.
+        let mut writer = media::VideoWriter::create(output, fps, (width, height), &inputs)?;
+        for w in &windows {
+            let decoded = decode(w)?;
+            for pixels in decoded.data.chunks_exact(decoded.frame_bytes()) {
+                writer.push(pixels)?;
+            }
+        }
+        let written = writer.finish()?;
+        println!(
+            "wrote {} ({}, {} frames)",
+            written.path.display(),
+            written.codec,
+            written_frames(&windows)
+        );
+        return Ok(());
+    }
+    let mut data = Vec::new();
+    let mut frames = 0;
+    for w in &windows {
+        let decoded = decode(w)?;
         frames += decoded.frames;
         data.extend_from_slice(&decoded.data);
     }
     let clip = RgbFrames::new(frames, height, width, data)?;
-    let inputs: [&Path; 1] = [tokens_path];
     if is_tensor_file(output) {
         let t = Tensor::from_vec(
             clip.data,

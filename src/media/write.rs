@@ -12,7 +12,7 @@ use ffmpeg::{codec, encoder, Dictionary, Packet, Rational};
 
 use super::convert::{convert_frame, pad_by_repeating_edges, rgb_frame_from_packed, to_u32};
 use super::{ensure_ffmpeg, MediaError, RgbFrames};
-use crate::io::{ensure_not_input, write_atomically};
+use crate::io::{ensure_not_input, temp_path_for, write_atomically, WriteError};
 
 /// What [`write`] produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,41 +57,216 @@ pub fn write(
     if kind == OutputKind::Png {
         return write_png(frames, path, inputs);
     }
-    if !(fps.is_finite() && fps > 0.0) {
-        return Err(MediaError::InvalidFps {
-            path: path.to_path_buf(),
-            fps,
-        });
+    let mut writer = VideoWriter::create(path, fps, (frames.width, frames.height), inputs)?;
+    for pixels in frames.data.chunks_exact(frame_bytes(frames)) {
+        writer.push(pixels)?;
     }
-    ensure_ffmpeg()?;
-    let plan = match kind {
-        OutputKind::Mkv => lossless_plan(path)?,
-        _ => mp4_plan(path)?,
-    };
-    let mut notes = Vec::new();
-    let (width, height) = if plan.needs_even_size {
-        let even = (
-            frames.width.next_multiple_of(2),
-            frames.height.next_multiple_of(2),
-        );
-        if even != (frames.width, frames.height) {
-            notes.push(format!(
-                "padded {}x{} to {}x{} by repeating the last column/row ({} needs even sizes)",
-                frames.width, frames.height, even.0, even.1, plan.codec_name
-            ));
+    writer.finish()
+}
+
+/// A video written as its frames arrive, so a long clip never has to be held whole: to a
+/// temporary file next to the target, renamed over it by [`finish`](Self::finish). A writer
+/// dropped unfinished (an error upstream, a cancel) removes what it wrote.
+pub struct VideoWriter {
+    target: PathBuf,
+    tmp: PathBuf,
+    output: ffmpeg::format::context::Output,
+    encoder: encoder::Video,
+    converter: Option<ffmpeg::software::scaling::Context>,
+    plan: EncodePlan,
+    /// Size of the frames pushed, and of the frames encoded (even for 4:2:0).
+    frame_size: (usize, usize),
+    encoded_size: (usize, usize),
+    stream_index: usize,
+    time_base: Rational,
+    stream_time_base: Rational,
+    frames: usize,
+    notes: Vec<String>,
+    finished: bool,
+}
+
+impl VideoWriter {
+    /// Opens a `.mp4` (H.264, or MPEG-4 Part 2) or `.mkv` (FFV1) writer for frames of
+    /// `width`×`height` at `fps`, as [`write`] describes; refuses to write over `inputs`.
+    pub fn create(
+        path: &Path,
+        fps: f64,
+        (width, height): (usize, usize),
+        inputs: &[&Path],
+    ) -> Result<Self, MediaError> {
+        if width == 0 || height == 0 {
+            return Err(MediaError::InvalidFrames(format!(
+                "frames of {width}x{height} pixels"
+            )));
         }
-        even
-    } else {
-        (frames.width, frames.height)
-    };
-    write_atomically(path, |tmp| {
-        encode_video(frames, fps, tmp, &plan, width, height)
-    })?;
-    Ok(WrittenMedia {
+        let kind = output_kind(path)?;
+        ensure_not_input(path, inputs)?;
+        if kind == OutputKind::Png {
+            return Err(MediaError::UnsupportedOutput {
+                path: path.to_path_buf(),
+            });
+        }
+        if !(fps.is_finite() && fps > 0.0) {
+            return Err(MediaError::InvalidFps {
+                path: path.to_path_buf(),
+                fps,
+            });
+        }
+        ensure_ffmpeg()?;
+        let plan = match kind {
+            OutputKind::Mkv => lossless_plan(path)?,
+            _ => mp4_plan(path)?,
+        };
+        Self::open(path, fps, (width, height), plan)
+    }
+
+    /// Starts the file with a chosen encoder.
+    fn open(
+        path: &Path,
+        fps: f64,
+        (width, height): (usize, usize),
+        plan: EncodePlan,
+    ) -> Result<Self, MediaError> {
+        let mut notes = Vec::new();
+        let encoded_size = if plan.needs_even_size {
+            let even = (width.next_multiple_of(2), height.next_multiple_of(2));
+            if even != (width, height) {
+                notes.push(format!(
+                    "padded {width}x{height} to {}x{} by repeating the last column/row ({} needs even sizes)",
+                    even.0, even.1, plan.codec_name
+                ));
+            }
+            even
+        } else {
+            (width, height)
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| write_error(path, e.to_string()))?;
+        }
+        let tmp = temp_path_for(path);
+        let opened = open_video(&tmp, fps, &plan, encoded_size);
+        let (output, encoder, stream_index, time_base, stream_time_base) = match opened {
+            Ok(parts) => parts,
+            Err(reason) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(write_error(path, reason));
+            }
+        };
+        Ok(Self {
+            target: path.to_path_buf(),
+            tmp,
+            output,
+            encoder,
+            converter: None,
+            plan,
+            frame_size: (width, height),
+            encoded_size,
+            stream_index,
+            time_base,
+            stream_time_base,
+            frames: 0,
+            notes,
+            finished: false,
+        })
+    }
+
+    /// Encodes one frame of packed RGB (`width × height × 3` bytes).
+    pub fn push(&mut self, pixels: &[u8]) -> Result<(), MediaError> {
+        let (width, height) = self.frame_size;
+        if pixels.len() != width * height * 3 {
+            return Err(MediaError::InvalidFrames(format!(
+                "a {width}x{height} frame needs {} bytes, got {}",
+                width * height * 3,
+                pixels.len()
+            )));
+        }
+        self.encode(pixels)
+            .map_err(|reason| write_error(&self.target, reason))
+    }
+
+    fn encode(&mut self, pixels: &[u8]) -> Result<(), String> {
+        let (width, height) = self.frame_size;
+        let (ew, eh) = self.encoded_size;
+        let rgb = if (ew, eh) == (width, height) {
+            rgb_frame_from_packed(pixels, width, height)?
+        } else {
+            let padded = pad_by_repeating_edges(pixels, width, height, ew, eh);
+            rgb_frame_from_packed(&padded, ew, eh)?
+        };
+        let mut converted = convert_frame(&mut self.converter, &rgb, self.plan.pixel_format)?;
+        let index = self.frames;
+        converted.set_pts(Some(index as i64));
+        if self.plan.tag_bt601 {
+            converted.set_color_space(color::Space::SMPTE170M);
+            converted.set_color_range(color::Range::MPEG);
+        }
+        self.encoder
+            .send_frame(&converted)
+            .map_err(|e| format!("encoding frame {index} failed: {e}"))?;
+        self.frames += 1;
+        self.send_packets()
+    }
+
+    fn send_packets(&mut self) -> Result<(), String> {
+        let mut packet = Packet::empty();
+        while self.encoder.receive_packet(&mut packet).is_ok() {
+            packet.set_stream(self.stream_index);
+            packet.rescale_ts(self.time_base, self.stream_time_base);
+            packet
+                .write_interleaved(&mut self.output)
+                .map_err(|e| format!("cannot write a packet: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Frames pushed so far.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// Flushes the encoder, completes the file and renames it over the target.
+    pub fn finish(mut self) -> Result<WrittenMedia, MediaError> {
+        let target = self.target.clone();
+        let completed = self.complete();
+        if let Err(reason) = completed {
+            return Err(write_error(&target, reason));
+        }
+        std::fs::rename(&self.tmp, &target).map_err(|e| write_error(&target, e.to_string()))?;
+        self.finished = true;
+        Ok(WrittenMedia {
+            path: target.clone(),
+            codec: self.plan.codec_name.to_string(),
+            files: vec![target],
+            notes: std::mem::take(&mut self.notes),
+        })
+    }
+
+    fn complete(&mut self) -> Result<(), String> {
+        if self.frames == 0 {
+            return Err("no frames to write".into());
+        }
+        self.encoder
+            .send_eof()
+            .map_err(|e| format!("finishing the encode failed: {e}"))?;
+        self.send_packets()?;
+        self.output
+            .write_trailer()
+            .map_err(|e| format!("cannot finish the {} file: {e}", self.plan.container))
+    }
+}
+
+impl Drop for VideoWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn write_error(path: &Path, reason: String) -> MediaError {
+    MediaError::Write(WriteError::Write {
         path: path.to_path_buf(),
-        codec: plan.codec_name.to_string(),
-        files: vec![path.to_path_buf()],
-        notes,
+        reason,
     })
 }
 
@@ -298,14 +473,23 @@ fn frame_rate(fps: f64) -> Rational {
     }
 }
 
-fn encode_video(
-    frames: &RgbFrames,
-    fps: f64,
+/// The muxer (header written) and the opened encoder of a video at `tmp`; the stream's index,
+/// the encoder's time base and the stream's (which the muxer may have chosen).
+fn open_video(
     tmp: &Path,
+    fps: f64,
     plan: &EncodePlan,
-    width: usize,
-    height: usize,
-) -> Result<(), String> {
+    (width, height): (usize, usize),
+) -> Result<
+    (
+        ffmpeg::format::context::Output,
+        encoder::Video,
+        usize,
+        Rational,
+        Rational,
+    ),
+    String,
+> {
     let rate = frame_rate(fps);
     let time_base = rate.invert();
     let mut output = ffmpeg::format::output_as(tmp, plan.container)
@@ -331,7 +515,7 @@ fn encode_video(
     if global_header {
         settings.set_flags(codec::Flags::GLOBAL_HEADER);
     }
-    let mut encoder = settings
+    let encoder = settings
         .open_with(dictionary(&plan.encoder_options))
         .map_err(|e| format!("cannot open the {} encoder: {e}", plan.codec_name))?;
 
@@ -352,46 +536,7 @@ fn encode_video(
         .stream(stream_index)
         .map(|s| s.time_base())
         .ok_or("the output stream vanished")?;
-
-    let mut converter = None;
-    let send_packets = |encoder: &mut encoder::Video,
-                        output: &mut ffmpeg::format::context::Output|
-     -> Result<(), String> {
-        let mut packet = Packet::empty();
-        while encoder.receive_packet(&mut packet).is_ok() {
-            packet.set_stream(stream_index);
-            packet.rescale_ts(time_base, stream_time_base);
-            packet
-                .write_interleaved(output)
-                .map_err(|e| format!("cannot write a packet: {e}"))?;
-        }
-        Ok(())
-    };
-    for (index, pixels) in frames.data.chunks_exact(frame_bytes(frames)).enumerate() {
-        let rgb = if (width, height) == (frames.width, frames.height) {
-            rgb_frame_from_packed(pixels, width, height)?
-        } else {
-            let padded = pad_by_repeating_edges(pixels, frames.width, frames.height, width, height);
-            rgb_frame_from_packed(&padded, width, height)?
-        };
-        let mut converted = convert_frame(&mut converter, &rgb, plan.pixel_format)?;
-        converted.set_pts(Some(index as i64));
-        if plan.tag_bt601 {
-            converted.set_color_space(color::Space::SMPTE170M);
-            converted.set_color_range(color::Range::MPEG);
-        }
-        encoder
-            .send_frame(&converted)
-            .map_err(|e| format!("encoding frame {index} failed: {e}"))?;
-        send_packets(&mut encoder, &mut output)?;
-    }
-    encoder
-        .send_eof()
-        .map_err(|e| format!("finishing the encode failed: {e}"))?;
-    send_packets(&mut encoder, &mut output)?;
-    output
-        .write_trailer()
-        .map_err(|e| format!("cannot finish the {} file: {e}", plan.container))
+    Ok((output, encoder, stream_index, time_base, stream_time_base))
 }
 
 fn dictionary<'a>(entries: &[(&str, &str)]) -> Dictionary<'a> {
@@ -423,11 +568,12 @@ mod tests {
         let target =
             std::env::temp_dir().join(format!("tokenscope-mpeg4-{}.mp4", std::process::id()));
         let plan = mpeg4_plan(codec);
-        let (width, height) = (clip.frames.width, clip.frames.height);
-        write_atomically(&target, |tmp| {
-            encode_video(&clip.frames, clip.fps, tmp, &plan, width, height)
-        })
-        .unwrap();
+        let size = (clip.frames.width, clip.frames.height);
+        let mut writer = VideoWriter::open(&target, clip.fps, size, plan).unwrap();
+        for pixels in clip.frames.data.chunks_exact(frame_bytes(&clip.frames)) {
+            writer.push(pixels).unwrap();
+        }
+        writer.finish().unwrap();
         let decoder = super::super::VideoDecoder::open(&target, &Default::default()).unwrap();
         assert_eq!(decoder.info().codec, "mpeg4");
         let back = super::super::open(&target, &Default::default()).unwrap();
@@ -444,5 +590,37 @@ mod tests {
         let psnr = 10.0 * (255.0f64.powi(2) * back.frames.data.len() as f64 / squared).log10();
         eprintln!("mpeg4 round trip PSNR: {psnr:.2} dB");
         assert!(psnr > 32.0, "mpeg4 round trip PSNR {psnr:.2} dB");
+    }
+
+    /// A writer dropped before `finish` (an error or a cancel upstream) leaves nothing behind:
+    /// neither the target nor its temporary file.
+    #[test]
+    fn an_unfinished_video_leaves_no_file() {
+        let dir =
+            std::env::temp_dir().join(format!("tokenscope-unfinished-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("clip.mkv");
+        let mut writer = VideoWriter::create(&target, 24.0, (32, 16), &[]).unwrap();
+        writer.push(&[128u8; 32 * 16 * 3]).unwrap();
+        assert!(
+            writer.push(&[0u8; 5]).is_err(),
+            "a frame of the wrong size is refused"
+        );
+        drop(writer);
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        let mut writer = VideoWriter::create(&target, 24.0, (32, 16), &[]).unwrap();
+        for _ in 0..3 {
+            writer.push(&[200u8; 32 * 16 * 3]).unwrap();
+        }
+        let written = writer.finish().unwrap();
+        let back = super::super::open(&written.path, &Default::default()).unwrap();
+        assert_eq!(back.frames.frames, 3);
+        assert!(
+            back.frames.data.iter().all(|&v| v == 200),
+            "FFV1 is lossless"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
