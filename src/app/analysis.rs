@@ -28,6 +28,10 @@ pub struct JobKey {
 /// The frame range and wrapper settings of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RunSettings {
+    /// Source frame of the loaded clip's first frame (a long clip is held a range at a time),
+    /// so results of different ranges never mix.
+    pub clip_start: usize,
+    /// First frame of the run, counted in the loaded clip.
     pub start: usize,
     pub frames: usize,
     pub temporal_window: usize,

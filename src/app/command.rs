@@ -46,6 +46,12 @@ pub enum Command {
     CompareAll,
     /// Stop the running job (and the compare-all queue).
     Cancel,
+    /// Hold the frames of a long clip from source frame `start` on (as many as fit), then show
+    /// loaded frame `seek`.
+    LoadRange {
+        start: usize,
+        seek: usize,
+    },
     Seek(usize),
     Step(i64),
     TogglePlay,

@@ -26,7 +26,12 @@ const LOADED_MODELS: usize = 4;
 
 /// What the workers are asked to do.
 enum Request {
-    Decode(PathBuf),
+    /// Decode from source frame `start` as many frames as `limit` bytes hold.
+    Decode {
+        path: PathBuf,
+        start: usize,
+        limit: u64,
+    },
     Analyse {
         key: JobKey,
         name: String,
@@ -44,7 +49,7 @@ enum Request {
 pub enum Event {
     Decoded {
         path: PathBuf,
-        result: Result<Arc<Clip>, String>,
+        result: Result<Loaded, String>,
     },
     Progress {
         key: JobKey,
@@ -62,6 +67,59 @@ pub enum Event {
         key: JobKey,
         result: Result<Arc<Analysis>, JobError>,
     },
+}
+
+/// A decoded clip, whole or the part of it that fits in the memory the viewer gives clips.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub clip: Arc<Clip>,
+    /// For a clip too long to hold: its length in frames (the header's count, else a lower
+    /// bound); `None` when the clip is held to its end.
+    pub long: Option<usize>,
+}
+
+/// The memory a decoded clip may take in the viewer by default: a third of what is available
+/// (the results cache takes up to a quarter, the models and the job the rest).
+pub fn default_clip_limit() -> u64 {
+    crate::sys::available_ram().map_or(2 << 30, |a| (a / 3).max(256 << 20))
+}
+
+/// Decodes from source frame `start`: to the end when that fits in `limit` bytes, else as many
+/// frames as fit (at least one), reporting the clip's length so the viewer can move the range.
+pub fn decode_range(path: &Path, start: usize, limit: u64) -> Result<Loaded, media::MediaError> {
+    let from = DecodeOptions {
+        start,
+        ..DecodeOptions::default()
+    };
+    match media::open_within(path, &from, limit) {
+        Ok(clip) => {
+            let long = (start > 0).then_some(start + clip.frames.frames);
+            Ok(Loaded {
+                clip: Arc::new(clip),
+                long,
+            })
+        }
+        Err(media::MediaError::ClipTooLarge {
+            frames,
+            width,
+            height,
+            ..
+        }) => {
+            let frame_bytes = (width * height * 3).max(1) as u64;
+            let fit = (limit / frame_bytes).max(1) as usize;
+            let part = DecodeOptions {
+                max_frames: Some(fit),
+                ..from
+            };
+            // One frame always fits: `limit` only bounds how many are held.
+            let clip = media::open_within(path, &part, limit.max(frame_bytes))?;
+            Ok(Loaded {
+                long: Some((start + frames).max(start + clip.frames.frames + 1)),
+                clip: Arc::new(clip),
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Why a job gave no result.
@@ -191,9 +249,17 @@ impl Jobs {
         }
     }
 
-    /// Asks for a file to be decoded.
-    pub fn decode(&mut self, path: &Path) -> Result<(), String> {
-        send(&self.decode_tx, Request::Decode(path.to_path_buf()))?;
+    /// Asks for a file to be decoded from source frame `start`, holding at most `limit` bytes
+    /// of frames.
+    pub fn decode(&mut self, path: &Path, start: usize, limit: u64) -> Result<(), String> {
+        send(
+            &self.decode_tx,
+            Request::Decode {
+                path: path.to_path_buf(),
+                start,
+                limit,
+            },
+        )?;
         self.decoding = Some(path.to_path_buf());
         Ok(())
     }
@@ -352,10 +418,8 @@ fn worker(
     };
     while let Ok(request) = requests.recv() {
         match request {
-            Request::Decode(path) => {
-                let result = media::open(&path, &DecodeOptions::default())
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string());
+            Request::Decode { path, start, limit } => {
+                let result = decode_range(&path, start, limit).map_err(|e| e.to_string());
                 emit(Event::Decoded { path, result });
             }
             Request::Analyse {

@@ -63,6 +63,9 @@ pub struct ViewerOptions {
     pub also: Vec<String>,
     /// The memory each job may use in all (`--memory-budget`); default: 80% of what is available.
     pub memory_budget: Option<u64>,
+    /// The memory the decoded clip may take; a longer clip is held a range at a time. Default:
+    /// a third of what is available.
+    pub clip_memory: Option<u64>,
 }
 
 /// Zoom and pan, shared by every pane.
@@ -191,6 +194,10 @@ pub struct ViewerApp {
     dialogs: Dialogs,
     pub last_export: Option<PathBuf>,
     pending_seek: Option<usize>,
+    /// The memory a decoded clip may take; a longer clip is held a range at a time.
+    clip_limit: u64,
+    /// For a clip held a range at a time: its length in frames.
+    pub long_clip: Option<usize>,
     /// The official releases' source and cache (None: not listed).
     hub: Option<Arc<Hub>>,
     /// The download in flight, if any (one at a time).
@@ -264,6 +271,8 @@ impl ViewerApp {
             },
             last_export: None,
             pending_seek: options.frame,
+            clip_limit: options.clip_memory.unwrap_or_else(jobs::default_clip_limit),
+            long_clip: None,
             hub: (!options.no_hub).then(|| {
                 Arc::new(Hub::new(
                     options.hub.clone().unwrap_or_else(HubConfig::from_env),
@@ -342,9 +351,44 @@ impl ViewerApp {
 
     pub fn settings(&self) -> RunSettings {
         RunSettings {
+            clip_start: self.clip.as_ref().map_or(0, |c| c.first_frame),
             start: self.state.view.start_frame,
             frames: self.state.view.frame_count.max(1),
             temporal_window: self.state.view.temporal_window.max(1),
+        }
+    }
+
+    /// For a clip held a range at a time, the command that loads the range holding loaded-clip
+    /// frame `frame` when it lies past either end of this one (`None` inside it, or for a clip
+    /// held whole).
+    fn range_past(&self, frame: i64) -> Option<Command> {
+        let total = self.long_clip?;
+        let clip = self.clip.as_ref()?;
+        let (first, held) = (clip.first_frame, clip.frames.frames);
+        let looping = self.state.view.looping;
+        if frame >= held as i64 && first + held < total {
+            Some(Command::LoadRange {
+                start: first + held,
+                seek: 0,
+            })
+        } else if frame >= held as i64 && looping && first > 0 {
+            // Past the clip's last frame, looping: back to its first range.
+            Some(Command::LoadRange { start: 0, seek: 0 })
+        } else if frame < 0 && first > 0 {
+            let start = first.saturating_sub(held);
+            Some(Command::LoadRange {
+                start,
+                seek: first - start - 1,
+            })
+        } else if frame < 0 && looping && first + held < total {
+            // Before the clip's first frame, looping: to its last range.
+            let start = total.saturating_sub(held);
+            Some(Command::LoadRange {
+                start,
+                seek: total - start - 1,
+            })
+        } else {
+            None
         }
     }
 
@@ -468,15 +512,24 @@ impl ViewerApp {
         for event in self.jobs.poll() {
             match event {
                 Event::Decoded { path, result } => match result {
-                    Ok(clip) => {
-                        self.notice = Some(format!(
-                            "opened {} ({} frames, {}x{}, {:.2} fps)",
-                            path.display(),
-                            clip.frames.frames,
-                            clip.frames.width,
-                            clip.frames.height,
-                            clip.fps
-                        ));
+                    Ok(jobs::Loaded { clip, long }) => {
+                        let same_file = self.clip.as_ref().is_some_and(|c| c.source == path);
+                        let (first, held) = (clip.first_frame, clip.frames.frames);
+                        self.notice = Some(match long {
+                            None => format!(
+                                "opened {} ({held} frames, {}x{}, {:.2} fps)",
+                                path.display(),
+                                clip.frames.width,
+                                clip.frames.height,
+                                clip.fps
+                            ),
+                            Some(total) => format!(
+                                "{}: frames {first}–{} of {total} held (the whole clip does not fit in memory); step past either end to load the next range",
+                                path.display(),
+                                first + held - 1,
+                            ),
+                        });
+                        self.long_clip = long;
                         for w in &clip.warnings {
                             self.errors.push(format!("{}: {w}", path.display()));
                         }
@@ -490,10 +543,16 @@ impl ViewerApp {
                             self.state.view.start_frame = 0;
                         }
                         self.clip = Some(clip);
-                        self.view = ViewTransform::default();
+                        if !same_file {
+                            self.view = ViewTransform::default();
+                        }
                         self.current = None;
                         self.textures.pair_key = None;
-                        if !self.queue.also.is_empty() {
+                        self.refresh_current();
+                        if same_file {
+                            // Another range of the same clip: cached results show at once, a
+                            // run waits for Run.
+                        } else if !self.queue.also.is_empty() {
                             // Popped from the back: the extra models first, the chosen one last.
                             let mut queue: Vec<ModelSource> = self.model.iter().cloned().collect();
                             queue.extend(self.queue.also.drain(..).rev());
@@ -814,7 +873,17 @@ impl ViewerApp {
         let frames = self.frame_count();
         match command {
             Command::OpenFile(path) => {
-                if let Err(e) = self.jobs.decode(&path) {
+                self.long_clip = None;
+                if let Err(e) = self.jobs.decode(&path, 0, self.clip_limit) {
+                    self.errors.push(e);
+                }
+            }
+            Command::LoadRange { start, seek } => {
+                let Some(path) = self.clip.as_ref().map(|c| c.source.clone()) else {
+                    return;
+                };
+                self.pending_seek = Some(seek);
+                if let Err(e) = self.jobs.decode(&path, start, self.clip_limit) {
                     self.errors.push(e);
                 }
             }
@@ -854,7 +923,9 @@ impl ViewerApp {
             Command::Step(d) => {
                 self.playback.playing = false;
                 let n = frames as i64;
-                if n > 0 {
+                if let Some(range) = self.range_past(self.frame as i64 + d) {
+                    self.apply(range, ctx);
+                } else if n > 0 {
                     let next = self.frame as i64 + d;
                     self.frame = if self.state.view.looping {
                         next.rem_euclid(n) as usize

@@ -70,6 +70,26 @@ pub fn timeline_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
             app.frame as f64 / fps.max(1e-6),
             fps
         ));
+        if let (Some(total), Some(clip)) = (app.long_clip, app.clip.as_ref()) {
+            ui.separator();
+            let (first, held) = (clip.first_frame, clip.frames.frames);
+            if ui
+                .add_enabled(first > 0, egui::Button::new("◀ earlier"))
+                .on_hover_text("hold the frames before these")
+                .clicked()
+            {
+                out.extend(app.range_past(-1));
+            }
+            ui.label(format!("source frames {first}–{} of {total}", first + held - 1))
+                .on_hover_text("The clip does not fit in memory whole: a range of it is held, and stepping past either end loads the next one");
+            if ui
+                .add_enabled(first + held < total, egui::Button::new("later ▶"))
+                .on_hover_text("hold the frames after these")
+                .clicked()
+            {
+                out.extend(app.range_past(held as i64));
+            }
+        }
         ui.separator();
         ui.label("model runs on frames");
         // Until a clip is decoded there is no frame count to clamp to.

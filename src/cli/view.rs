@@ -54,6 +54,7 @@ impl ViewArgs {
             hub: None,
             also: self.also.clone(),
             memory_budget: self.memory_budget,
+            clip_memory: None,
         }
     }
 }

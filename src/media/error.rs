@@ -50,7 +50,7 @@ pub enum MediaError {
     },
 
     #[error(
-        "`{}`: {frames} frames of {width}x{height} need {} in memory, more than the {} this process may use (80% of what is available); take fewer frames or a smaller size (--frames, --resize, or the viewer's frame range), or use `tokenscope eval`, which reads a clip window by window",
+        "`{}`: {frames} frames of {width}x{height} need {} in memory, more than the {} this process may use (80% of what is available); take fewer frames or a smaller size (--frames, --resize), or use `tokenscope eval`, which reads a clip window by window",
         path.display(),
         crate::sys::human_bytes(*bytes),
         crate::sys::human_bytes(*limit)

@@ -558,3 +558,92 @@ fn compare_all_finishes_while_the_window_is_hidden() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A clip longer than the memory the viewer gives clips is held a range at a time: the first
+/// range that fits opens (with a notice saying so), stepping past its end loads the next one,
+/// stepping back before its start loads the previous one, and the frames shown are the
+/// source's.
+#[test]
+fn a_clip_too_long_to_hold_is_held_a_range_at_a_time() {
+    let ctx = egui::Context::default();
+    let demo = root().join("assets/demo.mp4");
+    let full = tokenscope::media::open(&demo, &Default::default()).unwrap();
+    let frame_bytes = full.frames.frame_bytes() as u64;
+    // Room for 20 of the demo's 65 frames.
+    let mut app = ViewerApp::new(
+        &ctx,
+        None,
+        None,
+        ViewerOptions {
+            file: Some(demo.clone()),
+            model: reference("CV8x8x8-tiny").map(|p| p.display().to_string()),
+            no_hub: true,
+            clip_memory: Some(20 * frame_bytes + frame_bytes / 2),
+            ..Default::default()
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let logic_until = |app: &mut ViewerApp, what: &str, done: &dyn Fn(&ViewerApp) -> bool| {
+        while !done(app) {
+            assert!(Instant::now() < deadline, "{what}: timed out");
+            app.logic(&ctx);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    logic_until(&mut app, "open", &|a| a.clip.is_some());
+    app.push(Command::Cancel);
+    let held = |a: &ViewerApp| {
+        let c = a.clip.as_ref().unwrap();
+        (c.first_frame, c.frames.frames)
+    };
+    assert_eq!(held(&app), (0, 20));
+    assert_eq!(app.long_clip, Some(65));
+    assert!(
+        app.notice
+            .as_deref()
+            .is_some_and(|n| n.contains("0–19 of 65")),
+        "{:?}",
+        app.notice
+    );
+    let same_pixels = |a: &ViewerApp, source_frame: usize| {
+        let n = full.frames.frame_bytes();
+        a.original_frame(a.frame).unwrap()
+            == &full.frames.data[source_frame * n..(source_frame + 1) * n]
+    };
+    // Past the end: the next range, at its first frame.
+    app.push(Command::Seek(19));
+    app.push(Command::Step(1));
+    logic_until(&mut app, "next range", &|a| held(a).0 == 20);
+    assert_eq!((held(&app), app.frame), ((20, 20), 0));
+    assert!(same_pixels(&app, 20));
+    // Before the start: the previous range, at its last frame.
+    app.push(Command::Step(-1));
+    logic_until(&mut app, "previous range", &|a| held(a).0 == 0);
+    assert_eq!(app.frame, 19);
+    assert!(same_pixels(&app, 19));
+    // The last range holds what is left.
+    for start in [20, 40, 60] {
+        app.push(Command::Seek(usize::MAX));
+        app.push(Command::Step(1));
+        logic_until(&mut app, "later range", &|a| held(a).0 == start);
+    }
+    assert_eq!(held(&app), (60, 5));
+    // Past the clip's last frame: nothing more without looping, its first range with it.
+    let mut view = app.state.view.clone();
+    view.looping = false;
+    app.push(Command::SetView(Box::new(view.clone())));
+    app.push(Command::Seek(usize::MAX));
+    app.push(Command::Step(1));
+    app.logic(&ctx);
+    assert_eq!(
+        (held(&app).0, app.frame, app.jobs.decoding.is_some()),
+        (60, 4, false),
+        "nothing after the last frame"
+    );
+    view.looping = true;
+    app.push(Command::SetView(Box::new(view)));
+    app.push(Command::Step(1));
+    logic_until(&mut app, "loop to the first range", &|a| held(a).0 == 0);
+    assert_eq!(app.frame, 0);
+    assert!(same_pixels(&app, 0));
+}
