@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels;
+use super::implicit_gemm as kernels;
 
 type Result<T> = candle_core::Result<T>;
 

@@ -23,7 +23,7 @@
 use candle_core::{bail, Result};
 use rayon::prelude::*;
 
-use super::kernels::{batched_pointwise_into, CpuKernel, Lane16, MR};
+use super::implicit_gemm::{batched_pointwise_into, CpuKernel, Lane16, MR};
 use super::scratch::Scratch;
 
 /// Tiles handled together in the vector lanes of the transforms.

@@ -17,8 +17,8 @@
 use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 
-use super::kernels;
-use super::ops::exp_f32;
+use super::implicit_gemm as kernels;
+use super::norm::exp_f32;
 
 type Result<T> = candle_core::Result<T>;
 
