@@ -1,11 +1,6 @@
-//! Fast CPU f32 convolutions for the Cosmos tokenizer.
-//!
-//! [`conv2d`] and [`pointwise`] compute the same thing as candle's `Tensor::conv2d` /
-//! `broadcast_matmul` (plus bias), but for CPU f32 tensors that do not track gradients they run
-//! a dedicated implicit-GEMM kernel that is several times faster than candle 0.11.1 on the
-//! layer shapes of the tokenizer. Everything else (CUDA / Metal tensors, bf16 / f16, tensors that
-//! are part of an autograd graph) goes through candle's own ops, so results and gradients stay
-//! correct everywhere.
+//! The implicit-GEMM convolution engine on plain f32 slices: geometry, weight and input packing,
+//! work partitioning over rayon, and the dispatch to the per-ISA micro-kernels (`avx512.rs`,
+//! `avx2.rs`, `portable.rs`). The tensor-level entry points are in `conv.rs`.
 //!
 //! # Algorithm
 //!
@@ -31,22 +26,22 @@
 //!   is entirely safe Rust.
 //!
 //! 3x3, stride-1, pad-1 convolutions (most of the tokenizer's arithmetic) go through Winograd's
-//! F(4x4, 3x3) instead (`winograd.rs`): four times fewer multiplies, computed as a batch of 36
-//! pointwise GEMMs on the same micro-kernels ([`batched_pointwise_into`]).
+//! F(4x4, 3x3) instead (`winograd.rs`, chosen in `conv.rs`): four times fewer multiplies,
+//! computed as a batch of 36 pointwise GEMMs on the same micro-kernels
+//! ([`batched_pointwise_into`]).
 //!
-//! The only `unsafe` is (a) the calls into the AVX code after run-time feature detection and
-//! (b) the two unaligned vector load/store helpers of the micro-kernel, whose pointers come
-//! straight from references to 16-float arrays.
-use candle_core::{
-    bail, CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor,
-};
+//! The only `unsafe` here is the calls into the AVX code after run-time feature detection; in
+//! the micro-kernels it is their unaligned vector load/store helpers, whose pointers come straight
+//! from references to 16-float arrays.
+use candle_core::{bail, Result};
 use rayon::prelude::*;
 
+use super::portable::{kernel_portable, PORTABLE_NR};
 use super::scratch::Scratch;
-use super::winograd::{self, Winograd};
+use super::tile::{Lane16, MR};
+#[cfg(target_arch = "x86_64")]
+use super::{avx2, avx512};
 
-/// Output pixels per micro-tile: two 8-lane AVX vectors.
-pub(crate) const MR: usize = 16;
 /// Target reduction depth (input channels x taps) per chunk. Each chunk loads and stores the
 /// output tiles once, so deeper is cheaper; the packed weights of a channel tile (NR x 512 x 4 B:
 /// 12 KiB for AVX2, 24 KiB for AVX-512) and the packed pixels stream from L2 in order, which the
@@ -87,7 +82,7 @@ impl CpuKernel {
     }
 
     /// An error when this CPU cannot run the kernel.
-    fn check_available(self) -> Result<()> {
+    pub(super) fn check_available(self) -> Result<()> {
         if !Self::available().contains(&self) {
             bail!("kernels: this CPU cannot run the {self:?} kernel");
         }
@@ -103,252 +98,32 @@ impl CpuKernel {
     }
 }
 
-/// [`conv2d`] of CPU f32 tensors on a chosen micro-kernel (to test and compare them); an error
-/// when this CPU cannot run it.
-pub fn conv2d_using(
-    kernel: CpuKernel,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor> {
-    kernel.check_available()?;
-    let g = Geom::conv(x.dims4()?, weight.dims4()?, stride, padding)?;
-    let out = run_conv(kernel, &g, x, weight, bias)?;
-    Tensor::from_vec(out, (g.n, g.o, g.ho, g.wo), &Device::Cpu)
-}
-
-/// out = conv2d(x, weight) + bias, NCHW, weight (O, I, kh, kw), symmetric zero padding, same
-/// stride on both axes.
-pub fn conv2d(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor> {
-    if fast_path_applies(x, weight, bias) {
-        let g = Geom::conv(x.dims4()?, weight.dims4()?, stride, padding)?;
-        let isa = CpuKernel::best();
-        let out = match Conv3x3::for_geometry(&g) {
-            Some(algorithm) => conv3x3_f32(isa, algorithm, &g, x, weight, bias)?,
-            None => run_conv(isa, &g, x, weight, bias)?,
-        };
-        return Tensor::from_vec(out, (g.n, g.o, g.ho, g.wo), &Device::Cpu);
-    }
-    let y = if trainable_path_applies(x, weight, bias) {
-        x.apply_op2(weight, TrainableConv2d { stride, padding })?
-    } else {
-        x.conv2d(weight, padding, stride, 1, 1)?
-    };
-    match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
-        None => Ok(y),
-    }
-}
-
-/// How a 3x3, stride-1, pad-1 convolution is computed on the CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Conv3x3 {
-    /// Implicit GEMM over the 9 taps, like every other convolution.
-    Direct,
-    /// Winograd F(2x2, 3x3): 2.25x fewer multiplies.
-    WinogradF2,
-    /// Winograd F(4x4, 3x3): 4x fewer multiplies; what [`conv2d`] uses. Its results differ
-    /// from the direct convolution by float rounding only (the kernel tests bound it, and the
-    /// parity tests hold to the reference README's tolerances).
-    WinogradF4,
-}
-
-impl Conv3x3 {
-    pub const ALL: [Conv3x3; 3] = [Conv3x3::Direct, Conv3x3::WinogradF2, Conv3x3::WinogradF4];
-
-    /// The algorithm [`conv2d`] uses for a geometry; `None` when it is not a 3x3, stride-1,
-    /// pad-1 convolution.
-    fn for_geometry(g: &Geom) -> Option<Self> {
-        (g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1).then_some(Conv3x3::WinogradF4)
-    }
-}
-
-/// A 3x3, stride-1, pad-1 convolution of CPU f32 tensors (x (N, C, H, W), weight (O, C, 3, 3))
-/// with a chosen algorithm on a chosen micro-kernel, to test and compare them; an error when
-/// this CPU cannot run the kernel.
-pub fn conv3x3_using(
-    kernel: CpuKernel,
-    algorithm: Conv3x3,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-) -> Result<Tensor> {
-    kernel.check_available()?;
-    let g = Geom::conv(x.dims4()?, weight.dims4()?, 1, 1)?;
-    if (g.kh, g.kw) != (3, 3) {
-        bail!(
-            "conv3x3: the weight is {}x{} per channel pair, not 3x3",
-            g.kh,
-            g.kw
-        );
-    }
-    let out = conv3x3_f32(kernel, algorithm, &g, x, weight, bias)?;
-    Tensor::from_vec(out, (g.n, g.o, g.ho, g.wo), &Device::Cpu)
-}
-
-fn conv3x3_f32(
-    isa: CpuKernel,
-    algorithm: Conv3x3,
-    g: &Geom,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-) -> Result<Vec<f32>> {
-    let shape = winograd::Shape {
-        n: g.n,
-        c: g.c,
-        h: g.h,
-        w: g.w,
-        o: g.o,
-    };
-    with_f32_values(x, weight, bias, g.o, |xs, ws, bs| match algorithm {
-        Conv3x3::WinogradF2 => winograd::F2::conv3x3(isa, shape, xs, ws, bs),
-        Conv3x3::WinogradF4 => winograd::F4::conv3x3(isa, shape, xs, ws, bs),
-        Conv3x3::Direct => conv_f32(isa, g, xs, ws, bs),
-    })
-}
-
-/// 1x1 conv / pointwise linear map over channels: x (N, I, S) with S any flattened spatial
-/// size, weight (O, I) -> (N, O, S) (+ bias (O)).
-pub fn pointwise(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    if !fast_path_applies(x, weight, bias) {
-        let y = weight.broadcast_matmul(x)?;
-        return match bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1))?),
-            None => Ok(y),
-        };
-    }
-    let (n, i, s) = x.dims3()?;
-    let (o, wi) = weight.dims2()?;
-    if wi != i {
-        bail!("pointwise: weight expects {wi} input channels, x has {i}");
-    }
-    let g = Geom::pointwise(n, i, s, o, i * s);
-    let out = run_conv(CpuKernel::best(), &g, x, weight, bias)?;
-    Tensor::from_vec(out, (n, o, s), &Device::Cpu)
-}
-
-/// The causal temporal convolution of frame-major video: x (B, T, C, S) with S the flattened
-/// pixels, weight (O, k·C) tap-major (column block `j` multiplies padded frame `stride·t + j`),
-/// frame 0 replicated `k − stride` times in front → (B, T', O, S). `None` when the fast path does
-/// not apply (the caller then stacks the taps with tensor ops).
-///
-/// No copy of the input is made: output frame `t` reads the `k` consecutive frames from
-/// `stride·t − pad` on, which in the contiguous frame-major layout are one block of `k·C`
-/// channel rows, so each output frame is a 1x1 convolution over an "image" that overlaps its
-/// neighbours. Only the first frames, which read the replicated frame 0, get a small stacked
-/// input of their own.
-pub fn causal_temporal_conv(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    kernel: usize,
-    stride: usize,
-) -> Result<Option<Tensor>> {
-    if !fast_path_applies(x, weight, bias) {
-        return Ok(None);
-    }
-    let (b, t, c, pixels) = x.dims4()?;
-    let (o, kc) = weight.dims2()?;
-    if kc != kernel * c || stride == 0 || kernel < stride {
-        bail!(
-            "temporal conv: weight (O, {kc}) does not fit kernel {kernel}, stride {stride} and {c} channels"
-        );
-    }
-    let pad = kernel - stride;
-    if t + pad < kernel {
-        bail!("temporal conv: {t} frames are fewer than the kernel's {kernel}");
-    }
-    let out_t = (t + pad - kernel) / stride + 1;
-    // Output frames before `head` read the replicated frame 0.
-    let head = pad.div_ceil(stride).min(out_t);
-    let frame = c * pixels;
-    let isa = CpuKernel::best();
-    let mut out = vec![0f32; b * out_t * o * pixels];
-    with_f32_values(x, weight, bias, o, |xs, ws, bs| {
-        for (bi, out_b) in out.chunks_mut(out_t * o * pixels).enumerate() {
-            let xb = xs
-                .get(bi * t * frame..(bi + 1) * t * frame)
-                .ok_or_else(oob)?;
-            let (out_head, out_tail) = out_b
-                .split_at_mut_checked(head * o * pixels)
-                .ok_or_else(oob)?;
-            if head > 0 {
-                let mut stacked = Vec::with_capacity(head * kernel * frame);
-                for ti in 0..head {
-                    for tap in 0..kernel {
-                        let src = (stride * ti + tap).saturating_sub(pad);
-                        stacked.extend_from_slice(
-                            xb.get(src * frame..(src + 1) * frame).ok_or_else(oob)?,
-                        );
-                    }
-                }
-                let g = Geom::pointwise(head, kc, pixels, o, kernel * frame);
-                conv_into(isa, &g, &stacked, ws, bs, out_head)?;
-            }
-            if out_t > head {
-                let first = stride * head - pad;
-                let g = Geom::pointwise(out_t - head, kc, pixels, o, stride * frame);
-                let window = xb.get(first * frame..).ok_or_else(oob)?;
-                conv_into(isa, &g, window, ws, bs, out_tail)?;
-            }
-        }
-        Ok(())
-    })?;
-    Tensor::from_vec(out, (b, out_t, o, pixels), &Device::Cpu).map(Some)
-}
-
-/// The fast path handles CPU f32 tensors outside of any autograd graph (also the attention
-/// kernel's condition).
-pub(crate) fn fast_path_applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
-    let ok = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op();
-    ok(x) && ok(weight) && bias.is_none_or(ok)
-}
-
-/// CPU f32 tensors inside an autograd graph (training) take the custom op whose forward and
-/// backward both run on the fast kernel; candle's own conv backward is far slower on the CPU.
-fn trainable_path_applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    cpu_f32(x)
-        && cpu_f32(weight)
-        && bias.is_none_or(cpu_f32)
-        && (x.track_op() || weight.track_op() || bias.is_some_and(Tensor::track_op))
-}
-
 /// Convolution geometry (all sizes in elements).
 #[derive(Clone, Copy, Debug)]
-struct Geom {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
+pub(super) struct Geom {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) o: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) stride: usize,
+    pub(super) pad: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
     /// Elements from the start of one input image to the next: `c * h * w` for a batch, less
     /// when consecutive images overlap (the temporal convolution's windows of frames).
-    image_stride: usize,
+    pub(super) image_stride: usize,
     /// Elements from one input channel plane to the next: `h * w` unless the images are
     /// interleaved channel by channel (the Winograd transforms' layout).
-    channel_stride: usize,
+    pub(super) channel_stride: usize,
 }
 
 impl Geom {
     /// A 1x1 convolution over `n` images of `c` channels of 1 x `s` pixels, `image_stride`
     /// elements apart.
-    fn pointwise(n: usize, c: usize, s: usize, o: usize, image_stride: usize) -> Self {
+    pub(super) fn pointwise(n: usize, c: usize, s: usize, o: usize, image_stride: usize) -> Self {
         Self {
             n,
             c,
@@ -367,7 +142,7 @@ impl Geom {
     }
 
     /// The geometry of a convolution of an (N, C, H, W) input with (O, C, kh, kw) weights.
-    fn conv(
+    pub(super) fn conv(
         (n, c, h, w): (usize, usize, usize, usize),
         (o, wc, kh, kw): (usize, usize, usize, usize),
         stride: usize,
@@ -400,85 +175,7 @@ impl Geom {
     }
 }
 
-/// 16 floats on their own cache line, so that the two 8-lane loads of a packed input tile never
-/// straddle a line boundary (big allocations come back from malloc only 16-byte aligned).
-#[derive(Clone, Copy, Debug)]
-#[repr(C, align(64))]
-pub(crate) struct Lane16(pub(crate) [f32; MR]);
-
-impl Lane16 {
-    pub(crate) const ZERO: Lane16 = Lane16([0.0; MR]);
-
-    /// `self[..src.len()] = src`. A whole tile is a fixed-size copy (one or two vector moves); a
-    /// copy of variable length compiles to a call to memcpy, which cost about 4% of a network's
-    /// time.
-    #[inline(always)]
-    pub(crate) fn load_prefix(&mut self, src: &[f32]) {
-        match src.first_chunk::<MR>() {
-            Some(whole) => self.0 = *whole,
-            None => self.0.iter_mut().zip(src).for_each(|(d, &v)| *d = v),
-        }
-    }
-
-    /// `dst = self[..dst.len()]` (see [`Self::load_prefix`]).
-    #[inline(always)]
-    pub(crate) fn store_prefix(&self, dst: &mut [f32]) {
-        match dst.first_chunk_mut::<MR>() {
-            Some(whole) => *whole = self.0,
-            None => dst.iter_mut().zip(&self.0).for_each(|(d, &v)| *d = v),
-        }
-    }
-}
-
-/// The contiguous f32 data of a CPU tensor.
-fn f32_slice<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
-    let Storage::Cpu(cpu) = storage else {
-        bail!("kernels: expected a cpu tensor")
-    };
-    contiguous_f32(cpu, layout)
-}
-
-fn run_conv(
-    kernel: CpuKernel,
-    g: &Geom,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-) -> Result<Vec<f32>> {
-    with_f32_values(x, weight, bias, g.o, |xs, ws, bs| {
-        conv_f32(kernel, g, xs, ws, bs)
-    })
-}
-
-/// Calls `f` with the contiguous f32 values of the input, the weights and the bias, after
-/// checking that the bias has one value per output channel (`outputs`).
-pub(crate) fn with_f32_values<R>(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    outputs: usize,
-    f: impl FnOnce(&[f32], &[f32], Option<&[f32]>) -> Result<R>,
-) -> Result<R> {
-    if let Some(b) = bias {
-        let bo = b.dims1()?;
-        if bo != outputs {
-            bail!("kernels: bias has {bo} elements, expected {outputs}");
-        }
-    }
-    let x = x.contiguous()?;
-    let weight = weight.contiguous()?;
-    let bias = bias.map(Tensor::contiguous).transpose()?;
-    let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = weight.storage_and_layout();
-    let bias_guard = bias.as_ref().map(Tensor::storage_and_layout);
-    let bs = match &bias_guard {
-        Some((bs, bl)) => Some(f32_slice(bs, bl)?),
-        None => None,
-    };
-    f(f32_slice(&xs, xl)?, f32_slice(&ws, wl)?, bs)
-}
-
-fn oob() -> candle_core::Error {
+pub(super) fn oob() -> candle_core::Error {
     candle_core::Error::Msg("kernels: internal index out of range".to_string())
 }
 
@@ -562,7 +259,7 @@ fn pack_weights<const NR: usize>(w: &[f32], o: usize, k_total: usize) -> Result<
 }
 
 /// The convolution on `kernel`, which the caller has checked this CPU can run.
-fn conv_f32(
+pub(super) fn conv_f32(
     kernel: CpuKernel,
     g: &Geom,
     x: &[f32],
@@ -575,7 +272,7 @@ fn conv_f32(
 }
 
 /// [`conv_f32`] into `out` (N, O, Ho, Wo), which it overwrites.
-fn conv_into(
+pub(super) fn conv_into(
     kernel: CpuKernel,
     g: &Geom,
     x: &[f32],
@@ -976,198 +673,6 @@ fn store_acc<const NR: usize>(
     Ok(())
 }
 
-/// Output channels per tile of the portable micro-kernel.
-const PORTABLE_NR: usize = 6;
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{Lane16, MR};
-    use std::arch::x86_64::{
-        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_storeu_ps,
-    };
-
-    /// Output channels per tile: 6 x 2 = 12 of the 16 ymm registers hold the accumulators.
-    pub const NR: usize = 6;
-
-    /// Loads lanes `8*H .. 8*H + 8` of a 16-float tile.
-    #[target_feature(enable = "avx")]
-    #[inline]
-    fn load<const H: usize>(v: &Lane16) -> __m256 {
-        const { assert!(H < 2 && MR == 16) };
-        // SAFETY: `v` refers to 16 initialised floats and H <= 1, so the 8 floats read from
-        // offset 8*H are in bounds; `loadu` has no alignment requirement.
-        unsafe { _mm256_loadu_ps(v.0.as_ptr().wrapping_add(8 * H)) }
-    }
-
-    /// Stores into lanes `8*H .. 8*H + 8` of a 16-float tile.
-    #[target_feature(enable = "avx")]
-    #[inline]
-    fn store<const H: usize>(v: &mut Lane16, x: __m256) {
-        const { assert!(H < 2 && MR == 16) };
-        // SAFETY: `v` is an exclusive reference to 16 floats and H <= 1, so the 8 floats
-        // written from offset 8*H are in bounds; `storeu` has no alignment requirement.
-        unsafe { _mm256_storeu_ps(v.0.as_mut_ptr().wrapping_add(8 * H), x) }
-    }
-
-    /// `acc[j][i] += sum_k b[k][j] * a[k][i]`, the 6 x 16 accumulator tile in 12 registers.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    pub(super) fn kernel(a: &[Lane16], b: &[[f32; NR]], acc: &mut [Lane16; NR]) {
-        // One named variable per accumulator half (see the AVX-512 kernel).
-        macro_rules! tile {
-            ($(($r:ident, $lo:ident, $hi:ident, $w:ident)),+) => {{
-                let [$($r),+] = acc;
-                $(let (mut $lo, mut $hi) = (load::<0>($r), load::<1>($r));)+
-                for (av, bv) in a.iter().zip(b) {
-                    let (x0, x1) = (load::<0>(av), load::<1>(av));
-                    let [$($w),+] = *bv;
-                    $(
-                        let w = _mm256_set1_ps($w);
-                        $lo = _mm256_fmadd_ps(w, x0, $lo);
-                        $hi = _mm256_fmadd_ps(w, x1, $hi);
-                    )+
-                }
-                $(store::<0>($r, $lo); store::<1>($r, $hi);)+
-            }};
-        }
-        tile!(
-            (r0, c0, d0, w0),
-            (r1, c1, d1, w1),
-            (r2, c2, d2, w2),
-            (r3, c3, d3, w3),
-            (r4, c4, d4, w4),
-            (r5, c5, d5, w5)
-        );
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::{Lane16, MR};
-    use std::arch::x86_64::{
-        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_storeu_ps,
-    };
-
-    /// Output channels per tile. Two tiles (32 pixels) are computed together: 24 of the 32 zmm
-    /// registers hold the accumulators, each broadcast weight feeds two FMAs and each `k`
-    /// costs 2 vector loads + 12 broadcasts for 24 FMAs (the FMA ports, not the load ports, set
-    /// the pace), and a channel tile's packed weights for a 512-deep chunk (24 KiB) stay in L1.
-    pub const NR: usize = 12;
-
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn load(v: &Lane16) -> __m512 {
-        const { assert!(MR == 16) };
-        // SAFETY: `v` refers to 16 initialised floats; `loadu` has no alignment requirement.
-        unsafe { _mm512_loadu_ps(v.0.as_ptr()) }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn store(v: &mut Lane16, x: __m512) {
-        const { assert!(MR == 16) };
-        // SAFETY: `v` is an exclusive reference to 16 floats; `storeu` has no alignment
-        // requirement.
-        unsafe { _mm512_storeu_ps(v.0.as_mut_ptr(), x) }
-    }
-
-    // One named variable per accumulator: with an array LLVM keeps spilling some of them to the
-    // stack inside the loop.
-    macro_rules! channels {
-        ($m:ident) => {
-            $m!(
-                (r0, c0, d0, w0),
-                (r1, c1, d1, w1),
-                (r2, c2, d2, w2),
-                (r3, c3, d3, w3),
-                (r4, c4, d4, w4),
-                (r5, c5, d5, w5),
-                (r6, c6, d6, w6),
-                (r7, c7, d7, w7),
-                (r8, c8, d8, w8),
-                (r9, c9, d9, w9),
-                (r10, c10, d10, w10),
-                (r11, c11, d11, w11)
-            )
-        };
-    }
-
-    /// `acc[j][i] += sum_k b[k][j] * a[k][i]`: one 12 x 16 tile (an odd tile at a block's end).
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    pub(super) fn kernel(a: &[Lane16], b: &[[f32; NR]], acc: &mut [Lane16; NR]) {
-        macro_rules! tile {
-            ($(($r:ident, $c:ident, $d:ident, $w:ident)),+) => {{
-                let [$($r),+] = acc;
-                $(let mut $c = load($r);)+
-                for (av, bv) in a.iter().zip(b) {
-                    let x = load(av);
-                    let [$($w),+] = *bv;
-                    $($c = _mm512_fmadd_ps(_mm512_set1_ps($w), x, $c);)+
-                }
-                $(store($r, $c);)+
-            }};
-        }
-        channels!(tile);
-    }
-
-    /// [`kernel`] on two tiles that share the weights: `acc0 += b·a0`, `acc1 += b·a1`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    pub(super) fn kernel_pair(
-        a0: &[Lane16],
-        a1: &[Lane16],
-        b: &[[f32; NR]],
-        acc0: &mut [Lane16; NR],
-        acc1: &mut [Lane16; NR],
-    ) {
-        macro_rules! tiles {
-            ($(($r:ident, $c:ident, $d:ident, $w:ident)),+) => {{
-                {
-                    let [$($r),+] = &*acc0;
-                    $(let mut $c = load($r);)+
-                    let [$($r),+] = &*acc1;
-                    $(let mut $d = load($r);)+
-                    for ((x0, x1), bv) in a0.iter().zip(a1).zip(b) {
-                        let (x0, x1) = (load(x0), load(x1));
-                        let [$($w),+] = *bv;
-                        $(
-                            let w = _mm512_set1_ps($w);
-                            $c = _mm512_fmadd_ps(w, x0, $c);
-                            $d = _mm512_fmadd_ps(w, x1, $d);
-                        )+
-                    }
-                    let [$($r),+] = acc0;
-                    $(store($r, $c);)+
-                    let [$($r),+] = acc1;
-                    $(store($r, $d);)+
-                }
-            }};
-        }
-        channels!(tiles);
-    }
-}
-
-/// Portable micro-kernel, used where AVX2/FMA is unavailable: same contract as `avx2::kernel`.
-#[inline(always)]
-fn kernel_portable<const FMA: bool, const NR: usize>(
-    a: &[Lane16],
-    b: &[[f32; NR]],
-    acc: &mut [Lane16; NR],
-) {
-    for (av, bv) in a.iter().zip(b) {
-        for (accr, &wv) in acc.iter_mut().zip(bv) {
-            for (e, &xv) in accr.0.iter_mut().zip(av.0.iter()) {
-                *e = if FMA {
-                    wv.mul_add(xv, *e)
-                } else {
-                    *e + wv * xv
-                };
-            }
-        }
-    }
-}
-
 /// Packs the implicit im2col matrix of `block` (tiles of MR output pixels) for input channels
 /// `c0..c1` into `a`, laid out `[tile][k][MR]` with `k = (ci - c0, dy, dx)`. Lane i of tile
 /// (yo, xt) for tap (dy, dx) is input pixel (yo*s + dy - pad, (xt + i)*s + dx - pad), zero
@@ -1273,247 +778,4 @@ fn pack_lanes(d: &mut [f32; MR], row: &[f32], col0: isize, s: usize) {
             };
         }
     }
-}
-
-/// conv2d without bias (NCHW, weight (O, I, kh, kw), symmetric zero padding) as a custom op with
-/// a backward pass:
-/// * input gradient: the gradient is scattered onto a zero canvas at the output positions'
-///   strided offsets, then correlated with the spatially flipped, in/out-swapped kernel (a plain
-///   stride-1 convolution on the fast kernel, whatever the forward stride and padding);
-/// * weight gradient: `dW = G · im2col(x)ᵀ`, one GEMM per image, summed.
-#[derive(Clone, Copy, Debug)]
-struct TrainableConv2d {
-    stride: usize,
-    padding: usize,
-}
-
-impl TrainableConv2d {
-    fn geom(&self, x: &Layout, w: &Layout) -> Result<Geom> {
-        Geom::conv(
-            x.shape().dims4()?,
-            w.shape().dims4()?,
-            self.stride,
-            self.padding,
-        )
-    }
-}
-
-/// The contiguous f32 values of CPU storage under `layout`.
-pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("kernels: expected a contiguous tensor")
-    };
-    match storage.as_slice::<f32>()?.get(start..end) {
-        Some(s) => Ok(s),
-        None => bail!("kernels: tensor layout is out of its storage's bounds"),
-    }
-}
-
-/// The contiguous values of a CPU f32 tensor, detached from any graph.
-fn values_f32(t: &Tensor) -> Result<Vec<f32>> {
-    t.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()
-}
-
-impl CustomOp2 for TrainableConv2d {
-    fn name(&self) -> &'static str {
-        "tokenscope-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geom(l1, l2)?;
-        let out = conv_f32(
-            CpuKernel::best(),
-            &g,
-            contiguous_f32(s1, l1)?,
-            contiguous_f32(s2, l2)?,
-            None,
-        )?;
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.ho, g.wo))))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = self.geom(x.layout(), weight.layout())?;
-        let grad_values = values_f32(grad)?;
-        let w_values = values_f32(weight)?;
-        let x_values = values_f32(x)?;
-        let grad_x = input_gradient(&g, &grad_values, &w_values)?;
-        let grad_w = weight_gradient(&g, &grad_values, &x_values)?;
-        Ok((
-            Some(Tensor::from_vec(
-                grad_x,
-                (g.n, g.c, g.h, g.w),
-                &Device::Cpu,
-            )?),
-            Some(Tensor::from_vec(
-                grad_w,
-                (g.o, g.c, g.kh, g.kw),
-                &Device::Cpu,
-            )?),
-        ))
-    }
-}
-
-/// dL/dx of a convolution, given dL/dy (N, O, Ho, Wo) and the weights (O, C, kh, kw).
-fn input_gradient(g: &Geom, grad: &[f32], w: &[f32]) -> Result<Vec<f32>> {
-    // x[i] receives g[o]·w[t] wherever o·s + t − p = i. On a canvas z of size H + k − 1 holding
-    // g[o] at o·s + k − 1 − p, that is x[i] = Σ_t' z[i + t']·w[k − 1 − t']: a valid convolution.
-    let (ch, cw) = (g.h + g.kh - 1, g.w + g.kw - 1);
-    let mut canvas = vec![0f32; g.n * g.o * ch * cw];
-    canvas
-        .par_chunks_mut(ch * cw)
-        .zip(grad.par_chunks(g.ho * g.wo))
-        .for_each(|(plane, src)| {
-            for oy in 0..g.ho {
-                let Some(y) = (oy * g.stride + g.kh - 1).checked_sub(g.pad) else {
-                    continue;
-                };
-                if y >= ch {
-                    continue;
-                }
-                for ox in 0..g.wo {
-                    let Some(x) = (ox * g.stride + g.kw - 1).checked_sub(g.pad) else {
-                        continue;
-                    };
-                    if let (true, Some(dst), Some(&v)) =
-                        (x < cw, plane.get_mut(y * cw + x), src.get(oy * g.wo + ox))
-                    {
-                        *dst = v;
-                    }
-                }
-            }
-        });
-    // Flipped kernel with input and output channels swapped: (C, O, kh, kw).
-    let mut flipped = vec![0f32; w.len()];
-    for o in 0..g.o {
-        for c in 0..g.c {
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let src = ((o * g.c + c) * g.kh + ky) * g.kw + kx;
-                    let dst = ((c * g.o + o) * g.kh + (g.kh - 1 - ky)) * g.kw + (g.kw - 1 - kx);
-                    if let (Some(d), Some(&v)) = (flipped.get_mut(dst), w.get(src)) {
-                        *d = v;
-                    }
-                }
-            }
-        }
-    }
-    let back = Geom {
-        n: g.n,
-        c: g.o,
-        h: ch,
-        w: cw,
-        o: g.c,
-        kh: g.kh,
-        kw: g.kw,
-        stride: 1,
-        pad: 0,
-        ho: g.h,
-        wo: g.w,
-        image_stride: g.o * ch * cw,
-        channel_stride: ch * cw,
-    };
-    conv_f32(CpuKernel::best(), &back, &canvas, &flipped, None)
-}
-
-/// dL/dW of a convolution, given dL/dy (N, O, Ho, Wo) and the input (N, C, H, W).
-fn weight_gradient(g: &Geom, grad: &[f32], x: &[f32]) -> Result<Vec<f32>> {
-    let k_total = g.c * g.kh * g.kw;
-    let plane = g.ho * g.wo;
-    let per_image: Vec<Result<Vec<f32>>> = (0..g.n)
-        .into_par_iter()
-        .map(|n| {
-            // im2col of image n stored (K, P): for every tap each output row reads one input
-            // row segment, so filling it is row copies (the GEMM reads it transposed).
-            let mut cols = vec![0f32; plane * k_total];
-            let image = x
-                .get(n * g.c * g.h * g.w..(n + 1) * g.c * g.h * g.w)
-                .ok_or_else(oob)?;
-            for c in 0..g.c {
-                for ky in 0..g.kh {
-                    for kx in 0..g.kw {
-                        let k = (c * g.kh + ky) * g.kw + kx;
-                        let dst_plane = cols.get_mut(k * plane..(k + 1) * plane).ok_or_else(oob)?;
-                        // Output columns whose input column lies inside the image.
-                        let ox_lo = g.pad.saturating_sub(kx).div_ceil(g.stride);
-                        let ox_hi = (g.w + g.pad)
-                            .saturating_sub(kx)
-                            .div_ceil(g.stride)
-                            .min(g.wo);
-                        if ox_lo >= ox_hi {
-                            continue;
-                        }
-                        let ix0 = ox_lo * g.stride + kx - g.pad;
-                        for (oy, dst_row) in dst_plane.chunks_exact_mut(g.wo).enumerate() {
-                            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                            if iy < 0 || iy >= g.h as isize {
-                                continue;
-                            }
-                            let src_row = (c * g.h + iy as usize) * g.w + ix0;
-                            let Some(dst) = dst_row.get_mut(ox_lo..ox_hi) else {
-                                continue;
-                            };
-                            if g.stride == 1 {
-                                if let Some(src) = image.get(src_row..src_row + dst.len()) {
-                                    dst.copy_from_slice(src);
-                                }
-                            } else {
-                                for (j, d) in dst.iter_mut().enumerate() {
-                                    *d = image.get(src_row + j * g.stride).copied().unwrap_or(0.0);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            let g_n = grad
-                .get(n * g.o * plane..(n + 1) * g.o * plane)
-                .ok_or_else(oob)?;
-            let mut dw = vec![0f32; g.o * k_total];
-            // SAFETY: gemm reads m×k and k×n matrices and writes m×n through the given strides;
-            // the slices above have exactly those sizes.
-            unsafe {
-                gemm::gemm(
-                    g.o,
-                    k_total,
-                    plane,
-                    dw.as_mut_ptr(),
-                    1,
-                    k_total as isize,
-                    false,
-                    g_n.as_ptr(),
-                    1,
-                    plane as isize,
-                    cols.as_ptr(),
-                    plane as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            Ok(dw)
-        })
-        .collect();
-    let mut total = vec![0f32; g.o * k_total];
-    for dw in per_image {
-        for (t, v) in total.iter_mut().zip(dw?) {
-            *t += v;
-        }
-    }
-    Ok(total)
 }
