@@ -6,6 +6,7 @@ pub mod analysis;
 #[cfg(feature = "gui")]
 pub mod app;
 pub mod cli;
+pub mod compute;
 pub mod device;
 pub mod frames;
 pub mod hub;

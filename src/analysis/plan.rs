@@ -454,7 +454,7 @@ pub fn held_bytes(device: &candle_core::Device) -> u64 {
     match crate::device::gpu_memory(device) {
         Ok(Some(gpu)) => gpu.device_used,
         _ => {
-            crate::tokenizer::release_scratch_pool();
+            crate::compute::release_scratch_pool();
             crate::sys::release_freed_memory();
             crate::sys::rss_bytes().unwrap_or(0)
         }

@@ -9,7 +9,7 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::{kernels, ops};
+use crate::compute;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -66,7 +66,7 @@ impl Conv2d {
 
     /// NCHW in, NCHW out.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        kernels::conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
+        compute::conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
     }
 
     /// Frame-major video (B, T, C, H, W): the same 2-D convolution on every frame.
@@ -112,7 +112,7 @@ impl Pointwise {
         let lead: usize = dims.iter().take(channel_dim).product();
         let channels = x.dim(channel_dim)?;
         let spatial: usize = dims.iter().skip(channel_dim + 1).product();
-        let y = kernels::pointwise(
+        let y = compute::pointwise(
             &x.reshape((lead, channels, spatial))?,
             &self.weight,
             Some(&self.bias),
@@ -129,7 +129,7 @@ impl Pointwise {
 /// Causal padding replicates frame 0 `time_pad = (k − 1) + (1 − stride)` times in front; output
 /// frame `t` is `Σ_k W_k · x_pad[stride·t + k]`, one matrix product of the (O, k·I) weight with
 /// the channel-stacked shifted frames. On the CPU in f32 the kernel reads the stacked frames in
-/// place (see [`kernels::causal_temporal_conv`]); elsewhere they are stacked with tensor ops.
+/// place (see [`compute::causal_temporal_conv`]); elsewhere they are stacked with tensor ops.
 #[derive(Clone, Debug)]
 pub struct TemporalConv {
     /// (O, k·I): tap-major so that column block `k` multiplies frame `stride·t + k`.
@@ -167,7 +167,7 @@ impl TemporalConv {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
         let o = self.weight.dim(0)?;
-        if let Some(y) = kernels::causal_temporal_conv(
+        if let Some(y) = compute::causal_temporal_conv(
             &x.reshape((b, t, c, h * w))?,
             &self.weight,
             Some(&self.bias),
@@ -188,7 +188,7 @@ impl TemporalConv {
         }
         // (B, T', k·C, H·W): tap-major channel stacking.
         let stacked = Tensor::cat(&taps, 2)?.reshape((b * out_t, self.kernel * c, h * w))?;
-        let y = kernels::pointwise(&stacked, &self.weight, Some(&self.bias))?;
+        let y = compute::pointwise(&stacked, &self.weight, Some(&self.bias))?;
         y.reshape((b, out_t, o, h, w))
     }
 }
@@ -268,12 +268,12 @@ impl Norm {
 
     /// NCHW (or any (N, C, ...)) input.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::group_norm(x, self.groups, &self.weight, &self.bias, Self::EPS, false)
+        compute::group_norm(x, self.groups, &self.weight, &self.bias, Self::EPS, false)
     }
 
     /// `swish(norm(x))` in one pass where possible.
     pub fn forward_swish(&self, x: &Tensor) -> Result<Tensor> {
-        ops::group_norm(x, self.groups, &self.weight, &self.bias, Self::EPS, true)
+        compute::group_norm(x, self.groups, &self.weight, &self.bias, Self::EPS, true)
     }
 
     /// Frame-major video: every frame normalised on its own.
@@ -291,4 +291,4 @@ impl Norm {
     }
 }
 
-pub use super::attention::{attention_channels_first, softmax_last};
+pub use crate::compute::{attention_channels_first, softmax_last};

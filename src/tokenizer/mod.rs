@@ -1,24 +1,17 @@
 //! The Cosmos tokenizer networks in candle. Knows nothing about media files or the UI.
 
-pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod fsq;
 pub mod haar;
 pub mod image;
-pub mod kernels;
 pub mod layers;
 pub mod model;
-pub mod ops;
 pub mod runner;
-
-mod scratch;
 pub mod video;
-mod winograd;
 
 pub use config::{Family, NetworkConfig, Variant};
 pub use model::{Tokenizer, Tokens};
-pub use scratch::release_pool as release_scratch_pool;
 
 /// Everything that can go wrong while loading or running a tokenizer.
 #[derive(Debug, thiserror::Error)]

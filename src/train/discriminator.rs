@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::Result;
-use crate::tokenizer::kernels;
+use crate::compute;
 
 /// Four 4x4 convolutions (strides 2, 2, 1, 1) with LeakyReLU(0.2): one logit per ~22 px patch.
 pub struct PatchDiscriminator {
@@ -73,7 +73,7 @@ impl PatchDiscriminator {
             ) else {
                 break;
             };
-            x = kernels::conv2d(&x, w.as_tensor(), Some(b.as_tensor()), stride, 1)?;
+            x = compute::conv2d(&x, w.as_tensor(), Some(b.as_tensor()), stride, 1)?;
             if i < last {
                 x = x.maximum(&(&x * 0.2)?)?;
             }

@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use super::{Result, TrainError};
-use crate::tokenizer::kernels;
+use crate::compute;
 
 /// Convolution widths of VGG-19's 16 layers; `M` marks a 2x2 max-pool.
 const LAYOUT: [Option<usize>; 21] = [
@@ -119,7 +119,7 @@ impl Vgg19 {
                     let Some((w, b)) = self.convs.get(conv_index) else {
                         break;
                     };
-                    x = kernels::conv2d(&x, w, Some(b), 1, 1)?.relu()?;
+                    x = compute::conv2d(&x, w, Some(b), 1, 1)?.relu()?;
                     if TAPS.contains(&conv_index) {
                         taps.push(x.clone());
                     }

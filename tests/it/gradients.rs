@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use candle_core::{Device, Tensor, Var};
-use tokenscope::tokenizer::{kernels, ops};
+use tokenscope::compute;
 use tokenscope::train::flow::{Flow, Warp};
 use tokenscope::train::vgg;
 
@@ -60,12 +60,12 @@ fn convolution_backward_matches_finite_differences() {
     let w = Tensor::from_vec(values(6 * 4 * 9, 2), (6, 4, 3, 3), &Device::Cpu).unwrap();
     for (stride, pad) in [(1, 1), (2, 0)] {
         check(&format!("conv2d input s{stride}"), &[2, 4, 9, 8], 1, |x| {
-            let y = kernels::conv2d(x, &w, None, stride, pad).unwrap();
+            let y = compute::conv2d(x, &w, None, stride, pad).unwrap();
             weighted_sum(&y, 3)
         });
         let x = Tensor::from_vec(values(2 * 4 * 9 * 8, 4), (2, 4, 9, 8), &Device::Cpu).unwrap();
         check(&format!("conv2d weight s{stride}"), &[6, 4, 3, 3], 5, |w| {
-            let y = kernels::conv2d(&x, w, None, stride, pad).unwrap();
+            let y = compute::conv2d(&x, w, None, stride, pad).unwrap();
             weighted_sum(&y, 6)
         });
     }
@@ -81,14 +81,14 @@ fn group_norm_silu_backward_matches_finite_differences() {
             &[2, 8, 5, 4],
             9,
             |x| {
-                let y = ops::group_norm(x, groups, &gamma, &beta, 1e-6, true).unwrap();
+                let y = compute::group_norm(x, groups, &gamma, &beta, 1e-6, true).unwrap();
                 weighted_sum(&y, 10)
             },
         );
     }
     let x = Tensor::from_vec(values(2 * 8 * 20, 11), (2, 8, 5, 4), &Device::Cpu).unwrap();
     check("group norm scale", &[8], 12, |g| {
-        let y = ops::group_norm(&x, 1, g, &beta, 1e-6, true).unwrap();
+        let y = compute::group_norm(&x, 1, g, &beta, 1e-6, true).unwrap();
         weighted_sum(&y, 13)
     });
 }

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use tokenscope::tokenizer::kernels;
+use tokenscope::compute;
 
 /// Deterministic uniform values in [-1, 1).
 fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
@@ -121,7 +121,7 @@ fn conv2d_matches_candle_f64() {
         let x = rand_tensor(&[t.n, t.c, t.h, t.w], 2 * i as u64 + 1);
         let w = (rand_tensor(&[t.o, t.c, t.kh, t.kw], 2 * i as u64 + 2) * 0.2).unwrap();
         let b = t.bias.then(|| rand_tensor(&[t.o], 1000 + i as u64));
-        let got = kernels::conv2d(&x, &w, b.as_ref(), t.stride, t.pad).unwrap();
+        let got = compute::conv2d(&x, &w, b.as_ref(), t.stride, t.pad).unwrap();
         let want = reference_conv(&x, &w, b.as_ref(), t.stride, t.pad);
         let what = format!(
             "case {i}: n{} {}->{} {}x{} k{}x{} s{} p{} bias {}",
@@ -135,14 +135,14 @@ fn conv2d_matches_candle_f64() {
 /// Every micro-kernel this CPU has (AVX-512, AVX2, portable) gives the same convolution.
 #[test]
 fn every_cpu_kernel_matches_candle_f64() {
-    let available = kernels::CpuKernel::available();
+    let available = compute::CpuKernel::available();
     println!("kernels on this CPU: {available:?}");
     for kernel in available {
         for (i, t) in CASES.iter().enumerate() {
             let x = rand_tensor(&[t.n, t.c, t.h, t.w], 2 * i as u64 + 1);
             let w = (rand_tensor(&[t.o, t.c, t.kh, t.kw], 2 * i as u64 + 2) * 0.2).unwrap();
             let b = t.bias.then(|| rand_tensor(&[t.o], 1000 + i as u64));
-            let got = kernels::conv2d_using(kernel, &x, &w, b.as_ref(), t.stride, t.pad).unwrap();
+            let got = compute::conv2d_using(kernel, &x, &w, b.as_ref(), t.stride, t.pad).unwrap();
             let want = reference_conv(&x, &w, b.as_ref(), t.stride, t.pad);
             assert_close(&got, &want, &format!("{kernel:?} case {i}"));
         }
@@ -165,9 +165,9 @@ fn every_conv3x3_algorithm_matches_candle_f64() {
         let w = (rand_tensor(&[t.o, t.c, 3, 3], 2 * i as u64 + 2) * 0.2).unwrap();
         let b = t.bias.then(|| rand_tensor(&[t.o], 1000 + i as u64));
         let want = reference_conv(&x, &w, b.as_ref(), 1, 1);
-        for kernel in kernels::CpuKernel::available() {
-            for algorithm in kernels::Conv3x3::ALL {
-                let got = kernels::conv3x3_using(kernel, algorithm, &x, &w, b.as_ref()).unwrap();
+        for kernel in compute::CpuKernel::available() {
+            for algorithm in compute::Conv3x3::ALL {
+                let got = compute::conv3x3_using(kernel, algorithm, &x, &w, b.as_ref()).unwrap();
                 assert_close(&got, &want, &format!("{kernel:?} {algorithm:?} case {i}"));
             }
         }
@@ -188,14 +188,14 @@ fn winograd_error_is_close_to_the_direct_convolution() {
     let b = rand_tensor(&[o], 13);
     let want = reference_conv(&x, &w, Some(&b), 1, 1);
     let peak = max_abs(&want);
-    let kernel = kernels::CpuKernel::best();
+    let kernel = compute::CpuKernel::best();
     let err = |algorithm| {
-        let got = kernels::conv3x3_using(kernel, algorithm, &x, &w, Some(&b)).unwrap();
+        let got = compute::conv3x3_using(kernel, algorithm, &x, &w, Some(&b)).unwrap();
         max_abs(&(got.to_dtype(DType::F64).unwrap() - &want).unwrap()) / peak
     };
-    let direct = err(kernels::Conv3x3::Direct);
-    let f2 = err(kernels::Conv3x3::WinogradF2);
-    let f4 = err(kernels::Conv3x3::WinogradF4);
+    let direct = err(compute::Conv3x3::Direct);
+    let f2 = err(compute::Conv3x3::WinogradF2);
+    let f4 = err(compute::Conv3x3::WinogradF4);
     println!("max error / max |y|: direct {direct:.2e}, F2 {f2:.2e}, F4 {f4:.2e}");
     assert!(
         f2 <= 4.0 * direct.max(1e-7),
@@ -215,7 +215,7 @@ fn conv2d_accepts_non_contiguous_input() {
     assert!(!x.is_contiguous());
     let w = rand_tensor(&[9, 6, 3, 3], 8);
     let b = rand_tensor(&[9], 9);
-    let got = kernels::conv2d(&x, &w, Some(&b), 1, 1).unwrap();
+    let got = compute::conv2d(&x, &w, Some(&b), 1, 1).unwrap();
     assert_close(
         &got,
         &reference_conv(&x, &w, Some(&b), 1, 1),
@@ -240,7 +240,7 @@ fn pointwise_matches_candle_f64() {
         let x = rand_tensor(&[n, ci, s], 50 + i as u64);
         let w = (rand_tensor(&[o, ci], 80 + i as u64) * 0.2).unwrap();
         let b = bias.then(|| rand_tensor(&[o], 90 + i as u64));
-        let got = kernels::pointwise(&x, &w, b.as_ref()).unwrap();
+        let got = compute::pointwise(&x, &w, b.as_ref()).unwrap();
         let want = reference_pointwise(&x, &w, b.as_ref());
         assert_close(
             &got,
@@ -292,7 +292,7 @@ fn bf16_and_f16_use_candle_fallback() {
         let candle = x
             .conv2d(&w, 1, 1, 1, 1)
             .and_then(|y| y.broadcast_add(&b.reshape((1, 5, 1, 1))?));
-        let ours = kernels::conv2d(&x, &w, Some(&b), 1, 1);
+        let ours = compute::conv2d(&x, &w, Some(&b), 1, 1);
         assert_same_outcome(ours, candle, &format!("{dtype:?} conv2d"));
 
         let xp = rand_tensor(&[2, 8, 30], 4).to_dtype(dtype).unwrap();
@@ -300,7 +300,7 @@ fn bf16_and_f16_use_candle_fallback() {
         let candle = wp
             .broadcast_matmul(&xp)
             .and_then(|y| y.broadcast_add(&b.reshape((1, 5, 1))?));
-        let ours = kernels::pointwise(&xp, &wp, Some(&b));
+        let ours = compute::pointwise(&xp, &wp, Some(&b));
         assert_same_outcome(ours, candle, &format!("{dtype:?} pointwise"));
     }
 }
@@ -310,7 +310,7 @@ fn tracked_tensors_stay_in_the_graph_with_gradients() {
     let x = rand_tensor(&[1, 3, 6, 7], 11);
     let w = Var::from_tensor(&rand_tensor(&[4, 3, 3, 3], 12)).unwrap();
     let b = Var::from_tensor(&rand_tensor(&[4], 13)).unwrap();
-    let y = kernels::conv2d(&x, w.as_tensor(), Some(b.as_tensor()), 1, 1).unwrap();
+    let y = compute::conv2d(&x, w.as_tensor(), Some(b.as_tensor()), 1, 1).unwrap();
     assert!(y.track_op(), "the result must stay in the autograd graph");
     assert_close(
         &y,
@@ -322,7 +322,7 @@ fn tracked_tensors_stay_in_the_graph_with_gradients() {
 
     let xp = rand_tensor(&[2, 3, 10], 14);
     let wp = Var::from_tensor(&rand_tensor(&[4, 3], 15)).unwrap();
-    let y = kernels::pointwise(&xp, wp.as_tensor(), None).unwrap();
+    let y = compute::pointwise(&xp, wp.as_tensor(), None).unwrap();
     assert!(y.track_op());
     let grads = y.sum_all().unwrap().backward().unwrap();
     assert!(grads.get(wp.as_tensor()).is_some());
@@ -345,7 +345,7 @@ fn trainable_conv2d_gradients_match_candle_f64() {
         let x = Var::from_tensor(&rand_tensor(xs, seed)).unwrap();
         let w = Var::from_tensor(&rand_tensor(ws, seed + 1)).unwrap();
         let b = Var::from_tensor(&rand_tensor(&ws[..1], seed + 2)).unwrap();
-        let y = kernels::conv2d(
+        let y = compute::conv2d(
             x.as_tensor(),
             w.as_tensor(),
             Some(b.as_tensor()),
@@ -391,8 +391,8 @@ fn trainable_conv2d_gradients_match_candle_f64() {
 #[test]
 fn shape_errors_are_errors() {
     let x = rand_tensor(&[1, 3, 8, 8], 1);
-    assert!(kernels::conv2d(&x, &rand_tensor(&[4, 5, 3, 3], 2), None, 1, 1).is_err());
-    assert!(kernels::conv2d(
+    assert!(compute::conv2d(&x, &rand_tensor(&[4, 5, 3, 3], 2), None, 1, 1).is_err());
+    assert!(compute::conv2d(
         &x,
         &rand_tensor(&[4, 3, 3, 3], 2),
         Some(&rand_tensor(&[5], 3)),
@@ -400,17 +400,17 @@ fn shape_errors_are_errors() {
         1
     )
     .is_err());
-    assert!(kernels::conv2d(&x, &rand_tensor(&[4, 3, 11, 11], 2), None, 1, 1).is_err());
-    assert!(kernels::conv2d(&x, &rand_tensor(&[4, 3, 3, 3], 2), None, 0, 1).is_err());
-    let best = kernels::CpuKernel::best();
-    let f4 = kernels::Conv3x3::WinogradF4;
-    assert!(kernels::conv3x3_using(best, f4, &x, &rand_tensor(&[4, 3, 5, 5], 2), None).is_err());
-    assert!(kernels::conv3x3_using(best, f4, &x, &rand_tensor(&[4, 2, 3, 3], 2), None).is_err());
+    assert!(compute::conv2d(&x, &rand_tensor(&[4, 3, 11, 11], 2), None, 1, 1).is_err());
+    assert!(compute::conv2d(&x, &rand_tensor(&[4, 3, 3, 3], 2), None, 0, 1).is_err());
+    let best = compute::CpuKernel::best();
+    let f4 = compute::Conv3x3::WinogradF4;
+    assert!(compute::conv3x3_using(best, f4, &x, &rand_tensor(&[4, 3, 5, 5], 2), None).is_err());
+    assert!(compute::conv3x3_using(best, f4, &x, &rand_tensor(&[4, 2, 3, 3], 2), None).is_err());
     let short_bias = rand_tensor(&[3], 3);
     let w = rand_tensor(&[4, 3, 3, 3], 2);
-    assert!(kernels::conv3x3_using(best, f4, &x, &w, Some(&short_bias)).is_err());
+    assert!(compute::conv3x3_using(best, f4, &x, &w, Some(&short_bias)).is_err());
     let xp = rand_tensor(&[1, 3, 8], 1);
-    assert!(kernels::pointwise(&xp, &rand_tensor(&[4, 5], 2), None).is_err());
+    assert!(compute::pointwise(&xp, &rand_tensor(&[4, 5], 2), None).is_err());
 }
 
 /// CPU time consumed so far by all threads of this process, in seconds (Linux; NaN elsewhere).
@@ -520,7 +520,7 @@ fn bench_conv_shapes() {
                 .unwrap()
         });
         let t_ours = median_time(reps, || {
-            kernels::conv2d(&x, &wt, Some(&b), stride, pad).unwrap()
+            compute::conv2d(&x, &wt, Some(&b), stride, pad).unwrap()
         });
         let what = format!("3x3 s{stride} p{pad} n{n} {c}->{o} {h}x{w}");
         print_row(what, gflop, t_candle, t_ours);
@@ -547,7 +547,7 @@ fn bench_conv_shapes() {
                 .broadcast_add(&b.reshape((1, o, 1)).unwrap())
                 .unwrap()
         });
-        let t_ours = median_time(reps, || kernels::pointwise(&x, &wt, Some(&b)).unwrap());
+        let t_ours = median_time(reps, || compute::pointwise(&x, &wt, Some(&b)).unwrap());
         print_row(
             format!("pointwise n{n} {i}->{o} S={s}"),
             gflop,
@@ -578,7 +578,7 @@ fn causal_temporal_conv_matches_padded_reference() {
         let x = rand_tensor(&[b, t, c, s], 70 + i as u64);
         let w = (rand_tensor(&[o, kernel * c], 80 + i as u64) * 0.2).unwrap();
         let bias = rand_tensor(&[o], 90 + i as u64);
-        let got = kernels::causal_temporal_conv(&x, &w, Some(&bias), kernel, stride)
+        let got = compute::causal_temporal_conv(&x, &w, Some(&bias), kernel, stride)
             .unwrap()
             .expect("CPU f32 takes the fast path");
         let pad = kernel - stride;
@@ -608,7 +608,7 @@ fn causal_temporal_conv_matches_padded_reference() {
     // One frame cannot be strided by 2 with a kernel of 3 (PyTorch refuses it too).
     let x = rand_tensor(&[1, 1, 4, 16], 1);
     let w = rand_tensor(&[4, 12], 2);
-    let err = kernels::causal_temporal_conv(&x, &w, None, 3, 2).unwrap_err();
+    let err = compute::causal_temporal_conv(&x, &w, None, 3, 2).unwrap_err();
     assert!(err.to_string().contains("fewer than the kernel"), "{err}");
 }
 
@@ -618,7 +618,6 @@ fn causal_temporal_conv_matches_padded_reference() {
 #[test]
 #[ignore = "benchmark: run by hand"]
 fn bench_attention() {
-    use tokenscope::tokenizer::attention;
     let (n, c, s) = (3, 512, 90 * 160);
     let q = Tensor::randn(0f32, 1.0, (n, c, s), &Device::Cpu).unwrap();
     let k = Tensor::randn(0f32, 1.0, (n, c, s), &Device::Cpu).unwrap();
@@ -626,8 +625,8 @@ fn bench_attention() {
     let method = std::env::var("TOKENSCOPE_ATTENTION").unwrap_or_else(|_| "blocked".into());
     let started = std::time::Instant::now();
     let out = match method.as_str() {
-        "materialised" => attention::attention_materialised(&q, &k, &v, false).unwrap(),
-        _ => attention::attention_channels_first(&q, &k, &v, false).unwrap(),
+        "materialised" => compute::attention_materialised(&q, &k, &v, false).unwrap(),
+        _ => compute::attention_channels_first(&q, &k, &v, false).unwrap(),
     };
     println!(
         "{method}: ({n}, {c}, {s}) in {:.2} s, output {:?}",

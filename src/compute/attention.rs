@@ -17,8 +17,8 @@
 use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 
-use super::kernels;
-use super::ops::exp_f32;
+use super::norm::exp_f32;
+use super::storage::fast_path_applies;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -38,7 +38,7 @@ pub fn attention_channels_first(
     causal: bool,
 ) -> Result<Tensor> {
     let (_, _, s) = q.dims3()?;
-    if kernels::fast_path_applies(q, k, Some(v)) {
+    if fast_path_applies(q, k, Some(v)) {
         if s <= CPU_KEY_BLOCK {
             return attention_materialised(q, k, v, causal);
         }

@@ -1,10 +1,11 @@
 //! Fused normalisation for the layers: on the CPU in float32, a one-pass kernel (inference) and
 //! a custom op with a fused backward pass (training); other devices and dtypes use candle's ops.
+//! Also [`exp_f32`], the vectorisable `e^x` that its SiLU and the attention's softmax share.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels;
+use super::storage::{contiguous_f32, with_f32_values};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -27,7 +28,7 @@ pub fn group_norm(
     if cpu_f32 && !tracked {
         // Read the input in place (a `to_vec1` copy of every activation cost ~1% of a network).
         let channels = channels_of(x.dims())?;
-        let output = kernels::with_f32_values(x, weight, Some(bias), channels, |xs, ws, bs| {
+        let output = with_f32_values(x, weight, Some(bias), channels, |xs, ws, bs| {
             let bs = bs.unwrap_or_default();
             group_norm_cpu(xs, x.dims(), groups, (ws, bs), eps, then_swish)
         })?;
@@ -204,13 +205,10 @@ impl CustomOp3 for GroupNormOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let values = group_norm_cpu(
-            kernels::contiguous_f32(s1, l1)?,
+            contiguous_f32(s1, l1)?,
             l1.dims(),
             self.groups,
-            (
-                kernels::contiguous_f32(s2, l2)?,
-                kernels::contiguous_f32(s3, l3)?,
-            ),
+            (contiguous_f32(s2, l2)?, contiguous_f32(s3, l3)?),
             self.eps,
             self.then_swish,
         )?;

@@ -23,8 +23,9 @@
 use candle_core::{bail, Result};
 use rayon::prelude::*;
 
-use super::kernels::{batched_pointwise_into, CpuKernel, Lane16, MR};
+use super::implicit_gemm::{batched_pointwise_into, CpuKernel};
 use super::scratch::Scratch;
+use super::tile::{Lane16, MR};
 
 /// Tiles handled together in the vector lanes of the transforms.
 const LANES: usize = MR;
