@@ -76,6 +76,18 @@ pub fn group_norm(
 }
 
 /// The channel count of an (N, C, ...) shape.
+/// One scale and one shift per channel.
+fn check_affine(channels: usize, gamma: &[f32], beta: &[f32]) -> Result<()> {
+    if gamma.len() != channels || beta.len() != channels {
+        candle_core::bail!(
+            "group_norm: {channels} channels need as many scales and shifts, got {} and {}",
+            gamma.len(),
+            beta.len()
+        );
+    }
+    Ok(())
+}
+
 fn channels_of(dims: &[usize]) -> Result<usize> {
     match dims.get(1) {
         Some(&c) => Ok(c),
@@ -95,6 +107,7 @@ fn group_norm_cpu(
     if groups == 0 || c % groups != 0 {
         candle_core::bail!("group_norm: {groups} groups do not divide {c} channels");
     }
+    check_affine(c, gamma, beta)?;
     let spatial: usize = dims.iter().skip(2).product();
     let per_group = c / groups * spatial;
     let mut output = vec![0f32; input.len()];
@@ -112,8 +125,8 @@ fn group_norm_cpu(
                 .enumerate()
             {
                 let channel = group * channels_per_group + k;
-                let g = f64::from(gamma.get(channel).copied().unwrap_or(1.0));
-                let b = f64::from(beta.get(channel).copied().unwrap_or(0.0));
+                // `channel` < c, the length `check_affine` held both to.
+                let (g, b) = (f64::from(gamma[channel]), f64::from(beta[channel]));
                 let scale = (g * rstd) as f32;
                 let shift = (b - mean * g * rstd) as f32;
                 if then_swish {
@@ -240,6 +253,7 @@ impl CustomOp3 for GroupNormOp {
             .to_vec1::<f32>()?;
         let gamma = weight.detach().to_vec1::<f32>()?;
         let beta = bias.detach().to_vec1::<f32>()?;
+        check_affine(c, &gamma, &beta)?;
         let mut dx = vec![0f32; xs.len()];
         let (eps, swish) = (self.eps, self.then_swish);
         // Per block (one group of one item): the gradients of its channels' scale and shift.
@@ -261,8 +275,8 @@ impl CustomOp3 for GroupNormOp {
                     .enumerate()
                 {
                     let channel = group * per_channel_group + k;
-                    let g = f64::from(gamma.get(channel).copied().unwrap_or(1.0));
-                    let b = f64::from(beta.get(channel).copied().unwrap_or(0.0));
+                    // `channel` < c, the length `check_affine` held both to.
+                    let (g, b) = (f64::from(gamma[channel]), f64::from(beta[channel]));
                     let (mut dg, mut db) = (0f64, 0f64);
                     for ((d, &xv), &gv) in dxc.iter_mut().zip(xc).zip(dyc) {
                         let xhat = (f64::from(xv) - mean) * rstd;
