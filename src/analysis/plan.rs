@@ -431,9 +431,9 @@ pub fn plan(job: &JobSpec, budget: Budget) -> Result<Plan, PlanError> {
         budget: budget.bytes,
         budget_source: budget.source,
         advice: if job.tiling_allowed {
-            "raise --memory-budget, free memory, or resize the input (--resize)"
+            "raise the memory budget (--memory-budget), free memory, or use smaller frames"
         } else {
-            "raise --memory-budget, free memory, or resize the input; tokens cannot be computed in tiles"
+            "raise the memory budget (--memory-budget), free memory, or use smaller frames; tokens cannot be computed in tiles"
         }
         .into(),
     })

@@ -1,11 +1,11 @@
 //! `view` (also what `tokenscope` with no arguments runs) and `bench-ui`.
 
-use crate::analysis::ModelSource;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
+use crate::analysis::ModelSource;
 use crate::app::{self, Layout, ViewerOptions};
 
 #[derive(Args, Debug, Default)]
@@ -38,6 +38,10 @@ pub struct ViewArgs {
     /// or tiles. Default: 80% of the memory available when the job starts.
     #[arg(long, value_parser = super::parse_budget)]
     pub memory_budget: Option<u64>,
+    /// Memory the decoded clip may take (`2GiB`); a longer clip is held a range at a time.
+    /// Default: a third of the memory available.
+    #[arg(long, value_parser = super::parse_budget)]
+    pub clip_memory: Option<u64>,
 }
 
 impl ViewArgs {
@@ -54,7 +58,7 @@ impl ViewArgs {
             hub: None,
             also: self.also.clone(),
             memory_budget: self.memory_budget,
-            clip_memory: None,
+            clip_memory: self.clip_memory,
         }
     }
 }
