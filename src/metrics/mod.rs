@@ -2,7 +2,7 @@
 //!
 //! Frames are 8-bit RGB byte buffers, row-major and channels-last (`[r, g, b, r, g, b, ...]`,
 //! `width * height * 3` bytes), the layout of one frame of
-//! [`RgbFrames`](crate::tokenizer::runner::RgbFrames). A clip is frame-major.
+//! [`RgbFrames`](crate::frames::RgbFrames). A clip is frame-major.
 //!
 //! What is shown where:
 //! - **per-frame PSNR** ([`psnr::psnr`], [`FrameMetrics::psnr`]): `10·log10(255² / mse)` of one
