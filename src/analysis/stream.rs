@@ -324,6 +324,54 @@ pub fn bits_per_pixel(
     positions as f64 * bits_per_position / pixels.max(1) as f64
 }
 
+/// One window's tokens, as [`encode_with`] hands them over.
+pub struct EncodedWindow {
+    /// The window's first frame, counted from the source's first.
+    pub start: usize,
+    pub frames: usize,
+    /// What the wrapper padded the window with.
+    pub padding: runner::Padding,
+    pub tokens: Tokens,
+}
+
+/// Encodes `source` window by window through the official wrapper (padding; no decode, and no
+/// tiles, since tokens need whole windows), handing each window's tokens to `keep` and dropping
+/// its frames. Image networks take each frame as an image. Returns the frames read.
+pub fn encode_with(
+    model: &Tokenizer,
+    source: &mut dyn FrameSource,
+    temporal_window: usize,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(usize, Option<usize>),
+    keep: &mut dyn FnMut(EncodedWindow) -> Result<(), AnalysisError>,
+) -> Result<usize, AnalysisError> {
+    let window = if model.config().family.is_video() {
+        temporal_window.max(1)
+    } else {
+        1
+    };
+    let expected = source.frames_hint();
+    let mut done = 0;
+    while let Some(frames) = source.next_frames(window)? {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(AnalysisError::Cancelled);
+        }
+        let (padding, tokens) = runner::encode_window(model, &frames)?;
+        keep(EncodedWindow {
+            start: done,
+            frames: frames.frames,
+            padding,
+            tokens,
+        })?;
+        done += frames.frames;
+        progress(done, expected);
+    }
+    if done == 0 {
+        return Err(AnalysisError::Empty);
+    }
+    Ok(done)
+}
+
 /// Runs `model` over `source` with `plan`'s window and tiling, measuring every frame.
 /// Image networks take each frame as an image. `progress` gets (frames done, frames expected).
 pub fn analyse(

@@ -96,9 +96,34 @@ fn tokens_tensors(windows: &[Tokens], video: bool) -> anyhow::Result<Vec<(&'stat
     Ok(out)
 }
 
+/// What a token file records about the frames it was encoded from.
+struct SourceFacts<'a> {
+    source: &'a Path,
+    first_frame: usize,
+    stride: usize,
+    frames: usize,
+    width: usize,
+    height: usize,
+    fps: f64,
+}
+
+impl<'a> SourceFacts<'a> {
+    fn of_clip(clip: &'a media::Clip) -> Self {
+        Self {
+            source: &clip.source,
+            first_frame: clip.first_frame,
+            stride: clip.stride,
+            frames: clip.frames.frames,
+            width: clip.frames.width,
+            height: clip.frames.height,
+            fps: clip.playback_fps(),
+        }
+    }
+}
+
 fn media_metadata(
     loaded: &LoadedModel,
-    clip: &media::Clip,
+    clip: &SourceFacts<'_>,
     windows: &[WindowRecord],
 ) -> anyhow::Result<HashMap<String, String>> {
     let cfg = loaded.tokenizer.config();
@@ -108,10 +133,10 @@ fn media_metadata(
         ("source".to_string(), clip.source.display().to_string()),
         ("frame_start".to_string(), clip.first_frame.to_string()),
         ("frame_stride".to_string(), clip.stride.to_string()),
-        ("frame_count".to_string(), clip.frames.frames.to_string()),
-        ("width".to_string(), clip.frames.width.to_string()),
-        ("height".to_string(), clip.frames.height.to_string()),
-        ("fps".to_string(), format!("{}", clip.playback_fps())),
+        ("frame_count".to_string(), clip.frames.to_string()),
+        ("width".to_string(), clip.width.to_string()),
+        ("height".to_string(), clip.height.to_string()),
+        ("fps".to_string(), format!("{}", clip.fps)),
         ("windows".to_string(), serde_json::to_string(windows)?),
         (
             "producer".to_string(),
@@ -142,6 +167,9 @@ pub fn encode_media(
 ) -> anyhow::Result<()> {
     if reconstruct && streams_to(output) {
         return reconstruct_streamed(loaded, input, output, options);
+    }
+    if !reconstruct && is_tensor_file(output) {
+        return encode_streamed(loaded, input, output, options);
     }
     let clip = media::open(input, &DecodeOptions::default())?;
     for warning in &clip.warnings {
@@ -233,7 +261,8 @@ pub fn encode_media(
         }
         let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
         crate::io::ensure_not_input(output, &inputs)?;
-        save_safetensors(output, &refs, media_metadata(loaded, &clip, &records)?)?;
+        let facts = SourceFacts::of_clip(&clip);
+        save_safetensors(output, &refs, media_metadata(loaded, &facts, &records)?)?;
         for (name, t) in &tensors {
             println!("{name}: {:?} {:?}", t.dims(), t.dtype());
         }
@@ -296,6 +325,74 @@ fn labelled_window(
             _ => format!("{model}  lossless"),
         },
     })
+}
+
+/// `encode` to a token file: decode a window, encode it, keep its tokens (small), drop its
+/// frames, so the clip is never held whole.
+fn encode_streamed(
+    loaded: &LoadedModel,
+    input: &Path,
+    output: &Path,
+    options: MediaRunOptions,
+) -> anyhow::Result<()> {
+    crate::io::ensure_not_input(output, &[input])?;
+    let model = &loaded.tokenizer;
+    let video = model.config().family.is_video();
+    let mut source = stream::MediaInput::open(input, &DecodeOptions::default())?;
+    let (width, height) = source.size();
+    let expected = source.frames_hint().unwrap_or(1).max(1);
+    let job = plan::JobSpec {
+        requested_window: options.window,
+        // Tokens of a clip need every window whole.
+        tiling_allowed: false,
+        ..plan::JobSpec::for_model(model, (width, height), expected)
+    };
+    let plan = plan::plan_on(model.device(), &job, options.memory_budget)?;
+    if let Some(adjustment) = &plan.adjustment {
+        eprintln!("note: {adjustment}");
+    }
+    let started = std::time::Instant::now();
+    let mut records = Vec::new();
+    let mut all_tokens = Vec::new();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let frames = stream::encode_with(
+        model,
+        &mut source,
+        plan.temporal_window,
+        &never,
+        &mut |done, total| eprint!("\rframe {done}/{}", total.unwrap_or(expected)),
+        &mut |window| {
+            records.push(WindowRecord {
+                start: window.start,
+                frames: window.frames,
+                token_frames: window.tokens.grid().0,
+                padding: padding_array(window.padding),
+            });
+            all_tokens.push(window.tokens);
+            Ok(())
+        },
+    )?;
+    eprintln!(" done in {:.2} s", started.elapsed().as_secs_f64());
+    for warning in source.warnings() {
+        eprintln!("warning: {}: {warning}", input.display());
+    }
+    let tensors = tokens_tensors(&all_tokens, video)?;
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let facts = SourceFacts {
+        source: input,
+        first_frame: 0,
+        stride: 1,
+        frames,
+        width,
+        height,
+        fps: source.fps(),
+    };
+    save_safetensors(output, &refs, media_metadata(loaded, &facts, &records)?)?;
+    for (name, t) in &tensors {
+        println!("{name}: {:?} {:?}", t.dims(), t.dtype());
+    }
+    println!("wrote {}", output.display());
+    Ok(())
 }
 
 /// Whether an output is a video written frame by frame as the windows arrive.
