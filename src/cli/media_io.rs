@@ -165,7 +165,7 @@ pub fn encode_media(
     reconstruct: bool,
     options: MediaRunOptions,
 ) -> anyhow::Result<()> {
-    if reconstruct && streams_to(output) {
+    if reconstruct && media::writes_video(output) {
         return reconstruct_streamed(loaded, input, output, options);
     }
     if !reconstruct && is_tensor_file(output) {
@@ -335,22 +335,11 @@ fn encode_streamed(
     output: &Path,
     options: MediaRunOptions,
 ) -> anyhow::Result<()> {
-    crate::io::ensure_not_input(output, &[input])?;
     let model = &loaded.tokenizer;
     let video = model.config().family.is_video();
-    let mut source = stream::MediaInput::open(input, &DecodeOptions::default())?;
+    // Tokens of a clip need every window whole: no tiles, and nothing kept but the tokens.
+    let (mut source, plan, expected) = open_planned(model, input, output, options, &|_| 0, false)?;
     let (width, height) = source.size();
-    let expected = source.frames_hint().unwrap_or(1).max(1);
-    let job = plan::JobSpec {
-        requested_window: options.window,
-        // Tokens of a clip need every window whole.
-        tiling_allowed: false,
-        ..plan::JobSpec::for_model(model, (width, height), expected)
-    };
-    let plan = plan::plan_on(model.device(), &job, options.memory_budget)?;
-    if let Some(adjustment) = &plan.adjustment {
-        eprintln!("note: {adjustment}");
-    }
     let started = std::time::Instant::now();
     let mut records = Vec::new();
     let mut all_tokens = Vec::new();
@@ -395,12 +384,32 @@ fn encode_streamed(
     Ok(())
 }
 
-/// Whether an output is a video written frame by frame as the windows arrive.
-fn streams_to(output: &Path) -> bool {
-    output
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("mp4") || e.eq_ignore_ascii_case("mkv"))
+/// What the streamed commands share: refuse to overwrite the input, open it to be read window
+/// by window, and plan the job (printing what the planner changed); `kept` gives the bytes the
+/// job keeps beside its window for the input's frame size. Returns the source, the plan and the
+/// frames expected.
+fn open_planned(
+    model: &crate::tokenizer::Tokenizer,
+    input: &Path,
+    output: &Path,
+    options: MediaRunOptions,
+    kept: &dyn Fn((usize, usize)) -> u64,
+    tiling_allowed: bool,
+) -> anyhow::Result<(stream::MediaInput, plan::Plan, usize)> {
+    crate::io::ensure_not_input(output, &[input])?;
+    let source = stream::MediaInput::open(input, &DecodeOptions::default())?;
+    let expected = source.frames_hint().unwrap_or(1).max(1);
+    let job = plan::JobSpec {
+        requested_window: options.window,
+        kept: kept(source.size()),
+        tiling_allowed,
+        ..plan::JobSpec::for_model(model, source.size(), expected)
+    };
+    let plan = plan::plan_on(model.device(), &job, options.memory_budget)?;
+    if let Some(adjustment) = &plan.adjustment {
+        eprintln!("note: {adjustment}");
+    }
+    Ok((source, plan, expected))
 }
 
 /// `reconstruct` to a video: decode a window, run it, write its frames, drop it, so the clip is
@@ -412,25 +421,16 @@ fn reconstruct_streamed(
     output: &Path,
     options: MediaRunOptions,
 ) -> anyhow::Result<()> {
-    crate::io::ensure_not_input(output, &[input])?;
     let model = &loaded.tokenizer;
-    let mut source = stream::MediaInput::open(input, &DecodeOptions::default())?;
-    let size = source.size();
-    let expected = source.frames_hint().unwrap_or(1).max(1);
-    let job = plan::JobSpec {
-        requested_window: options.window,
-        // The window's composite, when one is drawn.
-        kept: if options.side_by_side {
-            (options.window * size.0 * size.1 * 3 * 3) as u64
+    // The window's composite, when one is drawn.
+    let kept = |(w, h): (usize, usize)| {
+        if options.side_by_side {
+            (options.window * w * h * 3 * 3) as u64
         } else {
             0
-        },
-        ..plan::JobSpec::for_model(model, size, expected)
+        }
     };
-    let plan = plan::plan_on(model.device(), &job, options.memory_budget)?;
-    if let Some(adjustment) = &plan.adjustment {
-        eprintln!("note: {adjustment}");
-    }
+    let (mut source, plan, expected) = open_planned(model, input, output, options, &kept, true)?;
     let fps = source.fps();
     let started = std::time::Instant::now();
     let mut writer: Option<media::VideoWriter> = None;
@@ -528,7 +528,7 @@ pub fn decode_media(
             padding_from(w.padding),
         )?)
     };
-    if streams_to(output) {
+    if media::writes_video(output) {
         // Window by window into the video: the decoded clip is never held whole.
         let mut writer = media::VideoWriter::create(output, fps, (width, height), &inputs)?;
         for w in &windows {

@@ -25,7 +25,9 @@ pub use composite::{draw_text, side_by_side, PanelLabels, BANNER_HEIGHT, LABEL_S
 pub use error::MediaError;
 pub use geometry::{size_for_shorter_side, MAX_FRAME_SIDE};
 pub use video::{RgbFrame, VideoDecoder, VideoInfo, FALLBACK_FPS};
-pub use write::{available_mp4_encoder, numbered_png_path, write, VideoWriter, WrittenMedia};
+pub use write::{
+    available_mp4_encoder, numbered_png_path, write, writes_video, VideoWriter, WrittenMedia,
+};
 
 /// Whether a clip came from a still image or a video.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -52,11 +52,11 @@ pub fn write(
 ) -> Result<WrittenMedia, MediaError> {
     let path = path.as_ref();
     check_frames(frames)?;
-    let kind = output_kind(path)?;
-    ensure_not_input(path, inputs)?;
-    if kind == OutputKind::Png {
+    if output_kind(path)? == OutputKind::Png {
+        ensure_not_input(path, inputs)?;
         return write_png(frames, path, inputs);
     }
+    // The writer checks the kind and the inputs itself.
     let mut writer = VideoWriter::create(path, fps, (frames.width, frames.height), inputs)?;
     for pixels in frames.data.chunks_exact(frame_bytes(frames)) {
         writer.push(pixels)?;
@@ -268,6 +268,12 @@ fn write_error(path: &Path, reason: String) -> MediaError {
         path: path.to_path_buf(),
         reason,
     })
+}
+
+/// Whether `path` names a video [`VideoWriter`] writes (`.mp4`, `.mkv`), frame by frame, rather
+/// than a PNG image or sequence.
+pub fn writes_video(path: &Path) -> bool {
+    matches!(output_kind(path), Ok(OutputKind::Mp4 | OutputKind::Mkv))
 }
 
 /// The encoder `.mp4` files get in this FFmpeg build: `libx264`, else `mpeg4`, else `None`.
