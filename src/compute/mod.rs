@@ -16,6 +16,7 @@
 //! - `tile.rs`: the micro-tile's pixel lanes; `scratch.rs`: the pool of reusable buffers;
 //! - `norm.rs`: fused GroupNorm (+ SiLU) and the vectorisable `exp`; `attention.rs`: exact
 //!   single-head attention in bounded memory;
+//! - `haar.rs`: one Haar wavelet level (2-D or 3-D, analysis or synthesis) in a single pass;
 //! - `storage.rs`: which tensors take the fast path, and their f32 values read in place.
 
 mod attention;
@@ -25,6 +26,7 @@ mod avx2;
 mod avx512;
 mod backward;
 mod conv;
+pub mod haar;
 mod implicit_gemm;
 mod norm;
 mod portable;

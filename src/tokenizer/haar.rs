@@ -7,8 +7,15 @@
 //! multiplies back. The tap `s` is read from the checkpoint (0.70703125 in bf16 files), not assumed.
 //!
 //! Video tensors here use Tokenscope's frame-major layout (B, T, C, H, W).
+//!
+//! On CPU f32 tensors outside autograd, each level is one pass of `compute::haar` (bit-identical
+//! to the op form kept for other devices, dtypes and training). The transforms take their input by
+//! value, so a level's input is released as soon as the next level exists: at 1080p each is as
+//! large as the clip in f32.
 
 use candle_core::Tensor;
+
+use crate::compute::haar as one_pass;
 
 use super::Result;
 
@@ -18,14 +25,38 @@ pub const HAAR_TAP_F32: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 3-D level divisor: the official code divides by 2·√2 as a float32 constant.
 const SCALE_3D: f64 = 2.0 * std::f64::consts::SQRT_2;
 
+fn odd_length(dim: usize, len: usize) -> super::TokenizerError {
+    super::TokenizerError::InvalidInput(format!(
+        "the wavelet transform needs an even length on axis {dim}, got {len}"
+    ))
+}
+
+/// The one-pass levels' input checks, with the op form's messages: every level halves `dims`.
+fn check_even(x: &Tensor, dims: &[usize]) -> Result<()> {
+    for &dim in dims {
+        let len = x.dim(dim)?;
+        if len % 2 != 0 {
+            return Err(odd_length(dim, len));
+        }
+    }
+    Ok(())
+}
+
+fn check_bands(x: &Tensor, dim: usize, bands: usize) -> Result<()> {
+    if x.dim(dim)? % bands != 0 {
+        return Err(super::TokenizerError::InvalidInput(format!(
+            "unpatcher input channels must be a multiple of {bands}"
+        )));
+    }
+    Ok(())
+}
+
 /// Splits dimension `dim` (even length) into its even and odd samples.
 fn split_pairs(x: &Tensor, dim: usize) -> Result<(Tensor, Tensor)> {
     let len = x.dim(dim)?;
     let mut dims = x.dims().to_vec();
     if len % 2 != 0 {
-        return Err(super::TokenizerError::InvalidInput(format!(
-            "the wavelet transform needs an even length on axis {dim}, got {len}"
-        )));
+        return Err(odd_length(dim, len));
     }
     dims.splice(dim..=dim, [len / 2, 2]);
     let paired = x.reshape(dims)?;
@@ -65,7 +96,20 @@ fn levels(patch_size: usize) -> usize {
 }
 
 /// 2-D patcher: (B, C, H, W) → (B, C·4^L, H/2^L, W/2^L).
-pub fn patch_2d(x: &Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
+pub fn patch_2d(x: Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
+    if one_pass::haar_applies(&x) {
+        let mut x = x;
+        for _ in 0..levels(patch_size) {
+            check_even(&x, &[2, 3])?;
+            x = one_pass::analysis_2d(&x, tap, 1.0 / 2.0)?;
+        }
+        return Ok(x);
+    }
+    patch_2d_ops(&x, patch_size, tap)
+}
+
+/// The op form of [`patch_2d`]: candle ops, for every device, dtype and autograd.
+fn patch_2d_ops(x: &Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
     let tap = f64::from(tap);
     let mut x = x.clone();
     for _ in 0..levels(patch_size) {
@@ -78,7 +122,20 @@ pub fn patch_2d(x: &Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
 }
 
 /// 2-D unpatcher: inverse of [`patch_2d`].
-pub fn unpatch_2d(x: &Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
+pub fn unpatch_2d(x: Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
+    if one_pass::haar_applies(&x) {
+        let mut x = x;
+        for _ in 0..levels(patch_size) {
+            check_bands(&x, 1, 4)?;
+            x = one_pass::synthesis_2d(&x, tap, 2.0)?;
+        }
+        return Ok(x);
+    }
+    unpatch_2d_ops(&x, patch_size, tap)
+}
+
+/// The op form of [`unpatch_2d`]: candle ops, for every device, dtype and autograd.
+fn unpatch_2d_ops(x: &Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
     let tap = f64::from(tap);
     let mut x = x.clone();
     for _ in 0..levels(patch_size) {
@@ -98,7 +155,27 @@ pub fn unpatch_2d(x: &Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
 /// 3-D patcher on frame-major video (B, T, C, H, W): repeats frame 0 so the clip has
 /// `T − 1 + patch_size` frames, then applies the 3-D Haar levels.
 /// Output: (B, 1 + (T−1)/ps, C·8^L, H/ps, W/ps).
-pub fn patch_3d(x: &Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
+pub fn patch_3d(x: Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
+    if one_pass::haar_applies(&x) && levels(patch_size) > 0 {
+        // The causal padding (frame 0 repeated) is read in place, not concatenated.
+        let mut repeat = patch_size - 1;
+        let mut x = x;
+        for _ in 0..levels(patch_size) {
+            check_even(&x, &[3, 4])?;
+            let frames = x.dim(1)? + repeat;
+            if frames % 2 != 0 {
+                return Err(odd_length(1, frames));
+            }
+            x = one_pass::analysis_3d(&x, repeat, tap, 1.0 / SCALE_3D)?;
+            repeat = 0;
+        }
+        return Ok(x);
+    }
+    patch_3d_ops(&x, patch_size, tap)
+}
+
+/// The op form of [`patch_3d`]: candle ops, for every device, dtype and autograd.
+fn patch_3d_ops(x: &Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
     let tap = f64::from(tap);
     let first = x.narrow(1, 0, 1)?;
     let mut parts = vec![first; patch_size.saturating_sub(1)];
@@ -123,7 +200,30 @@ pub fn patch_3d(x: &Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
 
 /// 3-D unpatcher on frame-major latents-of-pixels (B, t, C·8^L, h, w): inverse Haar, then drops the
 /// first `patch_size − 1` frames. Output (B, ps·t − ps + 1, C, h·ps, w·ps).
-pub fn unpatch_3d(x: &Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
+pub fn unpatch_3d(x: Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
+    let steps = levels(patch_size);
+    if one_pass::haar_applies(&x) && steps > 0 {
+        let drop = patch_size - 1;
+        let mut x = x;
+        for level in 0..steps {
+            check_bands(&x, 2, 8)?;
+            // The first frames (the patcher's padding) are never written.
+            let skip = if level + 1 == steps { drop } else { 0 };
+            let frames = 2 * x.dim(1)?;
+            if frames <= skip {
+                return Err(super::TokenizerError::InvalidInput(format!(
+                    "unpatcher produced {frames} frames, fewer than the {drop} it must drop"
+                )));
+            }
+            x = one_pass::synthesis_3d(&x, skip, tap, SCALE_3D)?;
+        }
+        return Ok(x);
+    }
+    unpatch_3d_ops(&x, patch_size, tap)
+}
+
+/// The op form of [`unpatch_3d`]: candle ops, for every device, dtype and autograd.
+fn unpatch_3d_ops(x: &Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
     let tap = f64::from(tap);
     let mut x = x.clone();
     for _ in 0..levels(patch_size) {
@@ -205,14 +305,80 @@ mod tests {
             .unwrap()
     }
 
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    }
+
+    /// The one-pass CPU levels are the op form's arithmetic in its order: every output bit
+    /// matches, forward and inverse, 2-D and 3-D, for both taps, odd multiples of the block
+    /// size, several batch items and the frame counts the causal padding allows.
+    #[test]
+    fn one_pass_levels_match_the_op_form_bit_for_bit() {
+        let cpu = Device::Cpu;
+        for tap in [HAAR_TAP_F32, 0.70703125] {
+            for ps in [1, 2, 4] {
+                let x = Tensor::randn(0f32, 1.0, (2, 3, 4 * 3, 4 * 5), &cpu).unwrap();
+                let fast = patch_2d(x.clone(), ps, tap).unwrap();
+                assert_eq!(
+                    bits(&fast),
+                    bits(&patch_2d_ops(&x, ps, tap).unwrap()),
+                    "2-D ps {ps}"
+                );
+                let p = Tensor::randn(0f32, 1.0, fast.dims(), &cpu).unwrap();
+                assert_eq!(
+                    bits(&unpatch_2d(p.clone(), ps, tap).unwrap()),
+                    bits(&unpatch_2d_ops(&p, ps, tap).unwrap()),
+                    "2-D inverse ps {ps}"
+                );
+                for frames in [1, 1 + ps, 1 + 3 * ps] {
+                    let x = Tensor::randn(0f32, 1.0, (2, frames, 3, 4 * 3, 4 * 5), &cpu).unwrap();
+                    let fast = patch_3d(x.clone(), ps, tap).unwrap();
+                    let ops = patch_3d_ops(&x, ps, tap).unwrap();
+                    assert_eq!(fast.dims(), ops.dims());
+                    assert_eq!(bits(&fast), bits(&ops), "3-D ps {ps} frames {frames}");
+                    let p = Tensor::randn(0f32, 1.0, fast.dims(), &cpu).unwrap();
+                    let back = unpatch_3d(p.clone(), ps, tap).unwrap();
+                    let back_ops = unpatch_3d_ops(&p, ps, tap).unwrap();
+                    assert_eq!(back.dims(), back_ops.dims());
+                    assert_eq!(
+                        bits(&back),
+                        bits(&back_ops),
+                        "3-D inverse ps {ps} frames {frames}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn odd_sizes_are_refused_with_the_axis_named() {
+        let cpu = Device::Cpu;
+        let x = Tensor::zeros((1, 3, 6, 10), candle_core::DType::F32, &cpu).unwrap();
+        let e = patch_2d(x.clone(), 4, HAAR_TAP_F32)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("even length"), "{e}");
+        let v = Tensor::zeros((1, 2, 3, 8, 8), candle_core::DType::F32, &cpu).unwrap();
+        let e = patch_3d(v.clone(), 4, HAAR_TAP_F32)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("axis 1"), "{e}");
+    }
+
     #[test]
     fn inverse_after_forward_is_identity_2d() {
         let x = Tensor::randn(0f32, 1.0, (2, 3, 16, 24), &Device::Cpu).unwrap();
         for ps in [2, 4] {
             for tap in [HAAR_TAP_F32, 0.70703125] {
-                let p = patch_2d(&x, ps, tap).unwrap();
+                let p = patch_2d(x.clone(), ps, tap).unwrap();
                 assert_eq!(p.dims(), &[2, 3 * ps * ps, 16 / ps, 24 / ps]);
-                let back = unpatch_2d(&p, ps, tap).unwrap();
+                let back = unpatch_2d(p.clone(), ps, tap).unwrap();
                 // With the bf16 tap the round trip has the gain (0.70703125·√2)^(4·levels).
                 let gain = (f64::from(tap) * std::f64::consts::SQRT_2).powi(4 * levels(ps) as i32);
                 let expected = (&x * gain).unwrap();
@@ -226,12 +392,12 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (1, 9, 3, 8, 16), &Device::Cpu).unwrap();
         for ps in [2, 4] {
             let t = x.dim(1).unwrap();
-            let p = patch_3d(&x, ps, HAAR_TAP_F32).unwrap();
+            let p = patch_3d(x.clone(), ps, HAAR_TAP_F32).unwrap();
             assert_eq!(
                 p.dims(),
                 &[1, 1 + (t - 1) / ps, 3 * ps * ps * ps, 8 / ps, 16 / ps]
             );
-            let back = unpatch_3d(&p, ps, HAAR_TAP_F32).unwrap();
+            let back = unpatch_3d(p.clone(), ps, HAAR_TAP_F32).unwrap();
             assert!(max_abs_diff(&back, &x) < 1e-5, "ps {ps}");
         }
     }
@@ -239,7 +405,7 @@ mod tests {
     #[test]
     fn first_channel_is_the_block_mean() {
         let x = Tensor::randn(0f32, 1.0, (1, 1, 4, 4), &Device::Cpu).unwrap();
-        let p = patch_2d(&x, 4, HAAR_TAP_F32).unwrap();
+        let p = patch_2d(x.clone(), 4, HAAR_TAP_F32).unwrap();
         let mean = x.mean_all().unwrap().to_scalar::<f32>().unwrap();
         let ll = p.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
         assert!((ll - mean).abs() < 1e-6);

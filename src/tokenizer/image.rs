@@ -198,7 +198,7 @@ impl Encoder2d {
     }
 
     /// (B, 3, H, W) → (B, 3·ps², H/ps, W/ps).
-    pub fn patch(&self, x: &Tensor) -> crate::tokenizer::Result<Tensor> {
+    pub fn patch(&self, x: Tensor) -> crate::tokenizer::Result<Tensor> {
         haar::patch_2d(x, self.patch_size, self.haar_tap)
     }
 
@@ -293,7 +293,7 @@ impl Decoder2d {
         self.conv_out.forward(&self.norm_out.forward_swish(&h)?)
     }
 
-    pub fn unpatch(&self, x: &Tensor) -> crate::tokenizer::Result<Tensor> {
+    pub fn unpatch(&self, x: Tensor) -> crate::tokenizer::Result<Tensor> {
         haar::unpatch_2d(x, self.patch_size, self.haar_tap)
     }
 }

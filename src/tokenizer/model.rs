@@ -260,13 +260,13 @@ impl Tokenizer {
         let x = x.to_device(&self.device)?.to_dtype(self.dtype)?;
         let (patcher_out, encoder_out, quant_conv_out) = match net {
             EncoderNet::Image(enc) => {
-                let patched = enc.patch(&x)?;
+                let patched = enc.patch(x.clone())?;
                 let encoded = enc.forward_patched(&patched)?;
                 let latent = quant_conv.forward_at(&encoded, 1)?;
                 (patched, encoded, latent)
             }
             EncoderNet::Video(enc) => {
-                let patched = enc.patch(&haar::frames_from_channels(&x)?)?;
+                let patched = enc.patch(haar::frames_from_channels(&x)?)?;
                 let encoded = enc.forward_patched(&patched)?;
                 let latent = quant_conv.forward_at(&encoded, 2)?;
                 (
@@ -291,8 +291,60 @@ impl Tokenizer {
         })
     }
 
+    /// Encodes a channel-first input in [-1, 1]: (B, 3, T, H, W) video or (B, 3, H, W) images.
     pub fn encode(&self, x: &Tensor) -> Result<Tokens> {
-        Ok(self.encode_traced(x)?.tokens)
+        self.check_input(x)?;
+        if self.config.family.is_video() {
+            self.encode_frame_major(haar::frames_from_channels(x)?)
+        } else {
+            self.encode_frame_major(x.clone())
+        }
+    }
+
+    /// Encodes the layout the wrapper builds from decoded frames: frame-major (B, T, 3, H, W) for
+    /// video networks, (B, 3, H, W) for image ones. Keeps no intermediate tensor, and takes the
+    /// input by value so that its memory is free once the patcher has read it (at 1080p the
+    /// input and the patcher's levels are most of a small model's memory).
+    pub fn encode_frame_major(&self, x: Tensor) -> Result<Tokens> {
+        let Some((net, quant_conv)) = &self.encoder else {
+            return Err(TokenizerError::InvalidInput(
+                "this checkpoint has no encoder (only decoder weights were loaded)".into(),
+            ));
+        };
+        let latent = match net {
+            EncoderNet::Image(enc) => {
+                self.check_input(&x)?;
+                let patched = enc.patch(self.on_device(x)?)?;
+                let encoded = enc.forward_patched(&patched)?;
+                drop(patched);
+                quant_conv.forward_at(&encoded, 1)?
+            }
+            EncoderNet::Video(enc) => {
+                let [_, frames, 3, height, width] = *x.dims() else {
+                    return Err(TokenizerError::InvalidInput(format!(
+                        "frame-major video input must be (B, T, 3, H, W), got {:?}",
+                        x.dims()
+                    )));
+                };
+                self.config.check_input_size(frames, height, width)?;
+                let patched = enc.patch(self.on_device(x)?)?;
+                let encoded = enc.forward_patched(&patched)?;
+                drop(patched);
+                haar::channels_from_frames(&quant_conv.forward_at(&encoded, 2)?)?
+            }
+        };
+        if self.config.family.is_discrete() {
+            let (indices, codes) = fsq::quantize(&latent)?;
+            Ok(Tokens::Discrete { indices, codes })
+        } else {
+            Ok(Tokens::Continuous { latent })
+        }
+    }
+
+    /// `x` on the model's device in its dtype; the caller's tensor is released here, so a
+    /// conversion does not keep both copies alive.
+    fn on_device(&self, x: Tensor) -> Result<Tensor> {
+        Ok(x.to_device(&self.device)?.to_dtype(self.dtype)?)
     }
 
     /// Rebuilds tokens from stored indices (discrete) or a latent (continuous).
@@ -310,13 +362,8 @@ impl Tokenizer {
         }
     }
 
-    /// Decodes tokens and keeps the intermediate tensors.
-    pub fn decode_traced(&self, tokens: &Tokens) -> Result<DecodeTrace> {
-        let Some((post_quant_conv, net)) = &self.decoder else {
-            return Err(TokenizerError::InvalidInput(
-                "this checkpoint has no decoder (only encoder weights were loaded)".into(),
-            ));
-        };
+    /// The tokens' decoder input (codes or latent) on the model's device, its shape checked.
+    fn checked_decoder_input(&self, tokens: &Tokens) -> Result<Tensor> {
         let z = tokens
             .decoder_input()
             .to_device(&self.device)?
@@ -330,11 +377,22 @@ impl Tokenizer {
                 z.dims()
             )));
         }
+        Ok(z)
+    }
+
+    /// Decodes tokens and keeps the intermediate tensors.
+    pub fn decode_traced(&self, tokens: &Tokens) -> Result<DecodeTrace> {
+        let Some((post_quant_conv, net)) = &self.decoder else {
+            return Err(TokenizerError::InvalidInput(
+                "this checkpoint has no decoder (only encoder weights were loaded)".into(),
+            ));
+        };
+        let z = self.checked_decoder_input(tokens)?;
         match net {
             DecoderNet::Image(dec) => {
                 let decoder_in = post_quant_conv.forward_at(&z, 1)?;
                 let unpatcher_in = dec.forward_to_patches(&decoder_in)?;
-                let reconstruction = dec.unpatch(&unpatcher_in)?;
+                let reconstruction = dec.unpatch(unpatcher_in.clone())?;
                 Ok(DecodeTrace {
                     decoder_in,
                     unpatcher_in,
@@ -345,7 +403,7 @@ impl Tokenizer {
                 let z = haar::frames_from_channels(&z)?;
                 let decoder_in = post_quant_conv.forward_at(&z, 2)?;
                 let unpatcher_in = dec.forward_to_patches(&decoder_in)?;
-                let reconstruction = dec.unpatch(&unpatcher_in)?;
+                let reconstruction = dec.unpatch(unpatcher_in.clone())?;
                 Ok(DecodeTrace {
                     decoder_in: haar::channels_from_frames(&decoder_in)?,
                     unpatcher_in: haar::channels_from_frames(&unpatcher_in)?,
@@ -355,8 +413,36 @@ impl Tokenizer {
         }
     }
 
+    /// Decodes to the official channel-first layout: (B, 3, T, H, W) video or (B, 3, H, W) images.
     pub fn decode(&self, tokens: &Tokens) -> Result<Tensor> {
-        Ok(self.decode_traced(tokens)?.reconstruction)
+        let reconstruction = self.decode_frame_major(tokens)?;
+        if self.config.family.is_video() {
+            haar::channels_from_frames(&reconstruction)
+        } else {
+            Ok(reconstruction)
+        }
+    }
+
+    /// Decodes to the layout the wrapper turns into frames: frame-major (B, T, 3, H, W) for video
+    /// networks, (B, 3, H, W) for image ones, keeping no intermediate tensor.
+    pub fn decode_frame_major(&self, tokens: &Tokens) -> Result<Tensor> {
+        let Some((post_quant_conv, net)) = &self.decoder else {
+            return Err(TokenizerError::InvalidInput(
+                "this checkpoint has no decoder (only encoder weights were loaded)".into(),
+            ));
+        };
+        let z = self.checked_decoder_input(tokens)?;
+        match net {
+            DecoderNet::Image(dec) => {
+                let patches = dec.forward_to_patches(&post_quant_conv.forward_at(&z, 1)?)?;
+                dec.unpatch(patches)
+            }
+            DecoderNet::Video(dec) => {
+                let z = haar::frames_from_channels(&z)?;
+                let patches = dec.forward_to_patches(&post_quant_conv.forward_at(&z, 2)?)?;
+                dec.unpatch(patches)
+            }
+        }
     }
 
     /// Encode then decode, differentiably: discrete models quantise with the straight-through

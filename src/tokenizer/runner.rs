@@ -142,6 +142,23 @@ pub fn tensor_from_rgb(
     Ok(tensor.to_device(device)?.to_dtype(dtype)?)
 }
 
+/// uint8 → [-1, 1] in the layout the networks run in, with no permuted copy: frame-major
+/// (1, T, 3, H, W) for video, (T, 3, H, W) for images (see [`Tokenizer::encode_frame_major`]).
+pub fn frame_major_from_rgb(
+    clip: &RgbFrames,
+    video: bool,
+    device: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
+    let frames_first = tensor_from_rgb(clip, false, &Device::Cpu, DType::F32)?;
+    let tensor = if video {
+        frames_first.unsqueeze(0)?
+    } else {
+        frames_first
+    };
+    Ok(tensor.to_device(device)?.to_dtype(dtype)?)
+}
+
 /// [-1, 1] → uint8: `floor(clamp((x + 1)/2, 0, 1)·255 + 0.5)`. Accepts (1, 3, T, H, W) or (T, 3, H, W).
 pub fn rgb_from_tensor(x: &Tensor) -> Result<RgbFrames> {
     let frames_first = match x.dims() {
@@ -153,7 +170,59 @@ pub fn rgb_from_tensor(x: &Tensor) -> Result<RgbFrames> {
             )))
         }
     };
+    rgb_from_frames_first(&frames_first)
+}
+
+/// [`rgb_from_tensor`] for the frame-major layout [`Tokenizer::decode_frame_major`] returns:
+/// (1, T, 3, H, W) video or (T, 3, H, W) images.
+pub fn rgb_from_frame_major(x: &Tensor) -> Result<RgbFrames> {
+    match x.dims() {
+        [1, _, 3, _, _] => rgb_from_frames_first(&x.squeeze(0)?),
+        [_, 3, _, _] => rgb_from_frames_first(x),
+        dims => Err(TokenizerError::InvalidInput(format!(
+            "expected (1, T, 3, H, W) or (T, 3, H, W), got {dims:?}"
+        ))),
+    }
+}
+
+/// One value in [-1, 1] to uint8, as the official wrapper rounds it.
+fn to_u8(x: f32) -> u8 {
+    ((x + 1.0) / 2.0)
+        .clamp(0.0, 1.0)
+        .mul_add(255.0, 0.5)
+        .floor() as u8
+}
+
+/// (T, 3, H, W) → channels-last bytes. A contiguous CPU f32 tensor is read in place (at 1080p a
+/// permuted f32 copy would be as large as the reconstruction itself, four times its bytes).
+fn rgb_from_frames_first(frames_first: &Tensor) -> Result<RgbFrames> {
     let (t, _, h, w) = frames_first.dims4()?;
+    if frames_first.device().is_cpu()
+        && frames_first.dtype() == DType::F32
+        && frames_first.is_contiguous()
+    {
+        let (storage, layout) = frames_first.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            let values = cpu.as_slice::<f32>()?.get(start..end).ok_or_else(|| {
+                TokenizerError::InvalidInput("reconstruction outside its storage".into())
+            })?;
+            let plane = h * w;
+            let mut data = vec![0u8; t * plane * 3];
+            for (frame, out) in values
+                .chunks_exact(3 * plane)
+                .zip(data.chunks_exact_mut(3 * plane))
+            {
+                let (r, rest) = frame.split_at(plane);
+                let (g, b) = rest.split_at(plane);
+                for (((pixel, &r), &g), &b) in out.chunks_exact_mut(3).zip(r).zip(g).zip(b) {
+                    pixel.copy_from_slice(&[to_u8(r), to_u8(g), to_u8(b)]);
+                }
+            }
+            return Ok(RgbFrames::new(t, h, w, data)?);
+        }
+    }
     // (t, h, w, c) so the bytes come out channels-last.
     let values = frames_first
         .permute((0, 2, 3, 1))?
@@ -161,15 +230,7 @@ pub fn rgb_from_tensor(x: &Tensor) -> Result<RgbFrames> {
         .to_device(&Device::Cpu)?
         .flatten_all()?
         .to_vec1::<f32>()?;
-    let data = values
-        .iter()
-        .map(|&x| {
-            ((x + 1.0) / 2.0)
-                .clamp(0.0, 1.0)
-                .mul_add(255.0, 0.5)
-                .floor() as u8
-        })
-        .collect();
+    let data = values.iter().map(|&x| to_u8(x)).collect();
     Ok(RgbFrames::new(t, h, w, data)?)
 }
 
@@ -236,14 +297,17 @@ pub fn encode_window(model: &Tokenizer, window: &RgbFrames) -> Result<(Padding, 
     let video = model.config().family.is_video();
     let padding = padding_for(window.frames, window.height, window.width, video);
     let padded = pad(window, padding)?;
-    let x = tensor_from_rgb(&padded, video, model.device(), model.dtype())?;
-    Ok((padding, model.encode(&x)?))
+    let x = frame_major_from_rgb(&padded, video, model.device(), model.dtype())?;
+    drop(padded);
+    Ok((padding, model.encode_frame_major(x)?))
 }
 
 /// Decodes one window's tokens and crops the wrapper's padding off.
 pub fn decode_window(model: &Tokenizer, tokens: &Tokens, padding: Padding) -> Result<RgbFrames> {
-    let recon = model.decode(tokens)?;
-    crop(&rgb_from_tensor(&recon)?, padding)
+    let recon = model.decode_frame_major(tokens)?;
+    let frames = rgb_from_frame_major(&recon)?;
+    drop(recon);
+    crop(&frames, padding)
 }
 
 /// Runs the official wrapper: each window padded, encoded, decoded and cropped independently.
@@ -277,15 +341,15 @@ pub fn reconstruct(
                 (recon, None, enc, dec)
             }
             _ => {
-                let x = tensor_from_rgb(&padded, video, model.device(), model.dtype())?;
+                let x = frame_major_from_rgb(&padded, video, model.device(), model.dtype())?;
                 let started = std::time::Instant::now();
-                let tokens = model.encode(&x)?;
+                let tokens = model.encode_frame_major(x)?;
                 let encode_seconds = started.elapsed().as_secs_f64();
                 let started = std::time::Instant::now();
-                let recon = model.decode(&tokens)?;
+                let recon = model.decode_frame_major(&tokens)?;
                 let decode_seconds = started.elapsed().as_secs_f64();
                 (
-                    rgb_from_tensor(&recon)?,
+                    rgb_from_frame_major(&recon)?,
                     Some(tokens),
                     encode_seconds,
                     decode_seconds,

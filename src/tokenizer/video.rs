@@ -327,7 +327,7 @@ impl Encoder3d {
     }
 
     /// Frame-major (B, T, 3, H, W) → (B, 1+(T−1)/ps, 3·ps³, H/ps, W/ps).
-    pub fn patch(&self, x: &Tensor) -> crate::tokenizer::Result<Tensor> {
+    pub fn patch(&self, x: Tensor) -> crate::tokenizer::Result<Tensor> {
         haar::patch_3d(x, self.patch_size, self.haar_tap)
     }
 
@@ -411,7 +411,7 @@ impl Decoder3d {
             .forward(&self.norm_out.forward_frames_swish(&h)?)
     }
 
-    pub fn unpatch(&self, x: &Tensor) -> crate::tokenizer::Result<Tensor> {
+    pub fn unpatch(&self, x: Tensor) -> crate::tokenizer::Result<Tensor> {
         haar::unpatch_3d(x, self.patch_size, self.haar_tap)
     }
 }
