@@ -17,6 +17,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 
+use super::implicit_gemm::CpuKernel;
 use super::norm::exp_f32;
 use super::storage::fast_path_applies;
 
@@ -195,6 +196,7 @@ pub fn attention_cpu(
     let (qs, ks, vs) = (values(q)?, values(k)?, values(v)?);
     let item = c * s;
     let scale = 1.0 / (c as f32).sqrt();
+    let kernel = CpuKernel::best();
     // Output rows (N, S, C): each query block writes a contiguous run of rows.
     let mut out = vec![0f32; n * s * c];
     out.par_chunks_mut(item)
@@ -215,6 +217,7 @@ pub fn attention_cpu(
                         key_block,
                         causal,
                         scale,
+                        kernel,
                     };
                     attend_block(&geometry, (q_n, k_n, v_n), out_rows);
                 });
@@ -234,6 +237,8 @@ struct BlockGeometry {
     key_block: usize,
     causal: bool,
     scale: f32,
+    /// The vector unit the softmax's exponentials are compiled for.
+    kernel: CpuKernel,
 }
 
 /// One query block of one item (q, k, v position-major, S × C): `out` is its (rows, C) output.
@@ -246,6 +251,7 @@ fn attend_block(g: &BlockGeometry, (q, k, v): (&[f32], &[f32], &[f32]), out: &mu
         key_block,
         causal,
         scale,
+        kernel,
     } = *g;
     let mut scores = vec![0f32; rows * key_block];
     let mut max = vec![f32::NEG_INFINITY; rows];
@@ -290,7 +296,7 @@ fn attend_block(g: &BlockGeometry, (q, k, v): (&[f32], &[f32], &[f32]), out: &mu
             };
             let (seen, masked) = row[..cols].split_at_mut(visible);
             masked.fill(0.0);
-            let block_max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let block_max = max_of(seen);
             let new_max = max[i].max(block_max);
             if seen.is_empty() || new_max == f32::NEG_INFINITY {
                 continue;
@@ -301,11 +307,7 @@ fn attend_block(g: &BlockGeometry, (q, k, v): (&[f32], &[f32], &[f32]), out: &mu
             } else {
                 exp_f32(max[i] - new_max)
             };
-            let mut block_sum = 0f32;
-            for x in seen.iter_mut() {
-                *x = exp_f32(*x - new_max);
-                block_sum += *x;
-            }
+            let block_sum = exp_shifted_sum(kernel, seen, new_max);
             sum[i] = sum[i] * correction + block_sum;
             max[i] = new_max;
             if correction != 1.0 {
@@ -346,6 +348,68 @@ fn attend_block(g: &BlockGeometry, (q, k, v): (&[f32], &[f32], &[f32]), out: &mu
             *o *= inverse;
         }
     }
+}
+
+/// The largest value, in 16 independent lanes (a maximum is exact in any order, and the lanes let
+/// the loop vectorise).
+fn max_of(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(v);
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Replaces each `x` by `e^(x − shift)` and returns their sum, compiled for the widest vector
+/// unit `kernel` names: the exponentials are most of the softmax's time, and a loop that also
+/// summed them one by one in order would not vectorise.
+fn exp_shifted_sum(kernel: CpuKernel, values: &mut [f32], shift: f32) -> f32 {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `kernel` is Avx512 only when `CpuKernel::available` detected avx512f.
+        CpuKernel::Avx512 => unsafe { exp_shifted_sum_avx512(values, shift) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `kernel` is Avx2 only when `CpuKernel::available` detected avx2 and fma.
+        CpuKernel::Avx2 => unsafe { exp_shifted_sum_avx2(values, shift) },
+        _ => exp_shifted_sum_lanes(values, shift),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn exp_shifted_sum_avx512(values: &mut [f32], shift: f32) -> f32 {
+    exp_shifted_sum_lanes(values, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_shifted_sum_avx2(values: &mut [f32], shift: f32) -> f32 {
+    exp_shifted_sum_lanes(values, shift)
+}
+
+/// The exponentials in one pass (element-wise, so any vector width gives the same values), then
+/// their sum in 16 lanes.
+#[inline(always)]
+fn exp_shifted_sum_lanes(values: &mut [f32], shift: f32) -> f32 {
+    for x in values.iter_mut() {
+        *x = exp_f32(*x - shift);
+    }
+    let mut lanes = [0f32; 16];
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
 #[cfg(test)]

@@ -164,6 +164,7 @@ fn sum_f64(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 /// value): `x = n·ln2 + r` with |r| <= ln2/2, a degree-6 polynomial for `e^r` (relative error
 /// below 2e-7), and `2^n` put together in the exponent bits. Inputs are clamped to
 /// [-87.3, 88.7], where the result is still a normal f32.
+#[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -171,14 +172,18 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // libm's roundf on the x86-64 baseline, and would stop the loop from vectorising.
     const ROUNDER: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * std::f32::consts::LOG2_E + ROUNDER) - ROUNDER;
+    let shifted = x * std::f32::consts::LOG2_E + ROUNDER;
+    let n = shifted - ROUNDER;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     // n is in [-126, 128]: 2^n in two factors so that n = 128 does not overflow the exponent.
-    let n = n as i32;
+    // The integer n is read from `shifted`'s low mantissa bits (its exponent is that of
+    // 1.5·2^23, whose bits are 0x4B40_0000): `n as i32` would be a saturating conversion that
+    // the compiler does lane by lane.
+    let n = (shifted.to_bits() as i32).wrapping_sub(0x4B40_0000);
     let half = n >> 1;
     let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
     p * pow2(half) * pow2(n - half)
