@@ -76,6 +76,19 @@ pub enum Conv3x3 {
 impl Conv3x3 {
     pub const ALL: [Conv3x3; 3] = [Conv3x3::Direct, Conv3x3::WinogradF2, Conv3x3::WinogradF4];
 
+    /// Images of a batch to convolve per call so that the transformed input and output stay
+    /// within [`WINOGRAD_TRANSFORM_BYTES`] (at least one; the direct form transforms nothing).
+    fn images_per_call(self, g: &Geom) -> usize {
+        let (m, a) = match self {
+            Conv3x3::Direct => return g.n,
+            Conv3x3::WinogradF2 => (2, 4),
+            Conv3x3::WinogradF4 => (4, 6),
+        };
+        // The transformed input (c planes) and output (o planes) per image.
+        let per_image = g.c.max(g.o) * a * a * g.h.div_ceil(m) * g.w.div_ceil(m) * 4;
+        (WINOGRAD_TRANSFORM_BYTES / per_image.max(1)).clamp(1, g.n.max(1))
+    }
+
     /// The algorithm [`conv2d`] uses for a geometry; `None` when it is not a 3x3, stride-1,
     /// pad-1 convolution.
     fn for_geometry(g: &Geom) -> Option<Self> {
@@ -121,12 +134,35 @@ fn conv3x3_f32(
         w: g.w,
         o: g.o,
     };
-    with_f32_values(x, weight, bias, g.o, |xs, ws, bs| match algorithm {
+    let run = |shape: winograd::Shape, xs: &[f32], ws: &[f32], bs: Option<&[f32]>| match algorithm {
         Conv3x3::WinogradF2 => winograd::F2::conv3x3(isa, shape, xs, ws, bs),
         Conv3x3::WinogradF4 => winograd::F4::conv3x3(isa, shape, xs, ws, bs),
         Conv3x3::Direct => conv_f32(isa, g, xs, ws, bs),
+    };
+    let images = algorithm.images_per_call(g);
+    with_f32_values(x, weight, bias, g.o, |xs, ws, bs| {
+        if images >= g.n {
+            return run(shape, xs, ws, bs);
+        }
+        // Images are independent: a few at a time give the same values in bounded memory.
+        let image = g.c * g.h * g.w;
+        let mut out = Vec::with_capacity(g.n * g.o * g.ho * g.wo);
+        for part in xs.chunks(images * image) {
+            let shape = winograd::Shape {
+                n: part.len() / image,
+                ..shape
+            };
+            out.extend_from_slice(&run(shape, part, ws, bs)?);
+        }
+        Ok(out)
     })
 }
+
+/// Most memory the Winograd transforms of one call's input or output may take (2.25x the
+/// tensor for F4, 4x for F2); larger batches are split. At 1080p the video encoder's first and
+/// the decoder's last convolution would otherwise transform 192 channels of five frames at once:
+/// 1.1 GB each.
+const WINOGRAD_TRANSFORM_BYTES: usize = 128 << 20;
 
 /// 1x1 conv / pointwise linear map over channels: x (N, I, S) with S any flattened spatial
 /// size, weight (O, I) -> (N, O, S) (+ bias (O)).
@@ -194,17 +230,40 @@ pub fn causal_temporal_conv(
                 .split_at_mut_checked(head * o * pixels)
                 .ok_or_else(oob)?;
             if head > 0 {
-                let mut stacked = Vec::with_capacity(head * kernel * frame);
-                for ti in 0..head {
-                    for tap in 0..kernel {
-                        let src = (stride * ti + tap).saturating_sub(pad);
-                        stacked.extend_from_slice(
-                            xb.get(src * frame..(src + 1) * frame).ok_or_else(oob)?,
-                        );
+                // These frames read frame 0 more than once, so their taps are stacked in a copy:
+                // a band of pixels at a time, which keeps the copy small however large the frame
+                // (whole frames cost kernel·head frames of memory: 600 MB at 1080p).
+                let band = HEAD_BAND_PIXELS.min(pixels);
+                let mut stacked = vec![0f32; kc * band];
+                let mut part = vec![0f32; o * band];
+                for (ti, out_frame) in out_head.chunks_exact_mut(o * pixels).enumerate() {
+                    for p0 in (0..pixels).step_by(band) {
+                        let n = band.min(pixels - p0);
+                        for (row, slot) in stacked.chunks_exact_mut(n).take(kc).enumerate() {
+                            let (tap, ch) = (row / c, row % c);
+                            let src = (stride * ti + tap).saturating_sub(pad);
+                            let at = src * frame + ch * pixels + p0;
+                            slot.copy_from_slice(xb.get(at..at + n).ok_or_else(oob)?);
+                        }
+                        let g = Geom::pointwise(1, kc, n, o, kc * n);
+                        let part = part.get_mut(..o * n).ok_or_else(oob)?;
+                        conv_into(
+                            isa,
+                            &g,
+                            stacked.get(..kc * n).ok_or_else(oob)?,
+                            ws,
+                            bs,
+                            part,
+                        )?;
+                        for (oc, values) in part.chunks_exact(n).enumerate() {
+                            let at = oc * pixels + p0;
+                            out_frame
+                                .get_mut(at..at + n)
+                                .ok_or_else(oob)?
+                                .copy_from_slice(values);
+                        }
                     }
                 }
-                let g = Geom::pointwise(head, kc, pixels, o, kernel * frame);
-                conv_into(isa, &g, &stacked, ws, bs, out_head)?;
             }
             if out_t > head {
                 let first = stride * head - pad;
@@ -217,6 +276,9 @@ pub fn causal_temporal_conv(
     })?;
     Tensor::from_vec(out, (b, out_t, o, pixels), &Device::Cpu).map(Some)
 }
+
+/// Pixels per band of the temporal convolution's first frames (see [`causal_temporal_conv`]).
+const HEAD_BAND_PIXELS: usize = 16 * 1024;
 
 /// CPU f32 tensors inside an autograd graph (training) take the custom op whose forward and
 /// backward both run on the fast kernel; candle's own conv backward is far slower on the CPU.
