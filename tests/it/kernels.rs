@@ -558,8 +558,8 @@ fn bench_conv_shapes() {
 }
 
 /// The in-place causal temporal convolution equals replicate-padding frame 0, stacking the
-/// shifted frames and multiplying (computed here in f64 with candle), for both strides, batches
-/// and clips shorter than the padding.
+/// shifted frames and multiplying (computed here in f64 with candle), for both strides, batches,
+/// clips shorter than the padding and frames larger than one band of the first frames' copy.
 #[test]
 fn causal_temporal_conv_matches_padded_reference() {
     #[rustfmt::skip]
@@ -572,6 +572,10 @@ fn causal_temporal_conv_matches_padded_reference() {
         (1, 9, 16, 33, 16, 2),
         (3, 5, 6, 17, 10, 2),
         (1, 2, 5, 16, 7, 2),
+        // More pixels than one band of the first frames' stacked copy (16,384), plus a
+        // partial band.
+        (1, 3, 3, 16 * 1024 * 2 + 100, 5, 1),
+        (2, 3, 2, 16 * 1024 + 7, 4, 2),
     ];
     let kernel = 3;
     for (i, &(b, t, c, s, o, stride)) in cases.iter().enumerate() {
