@@ -179,8 +179,13 @@ pub enum MediaInput {
         /// Frames handed out so far.
         next: usize,
     },
-    // Boxed: a decoder is large beside a still.
-    Video(Box<Decoded>),
+    Video {
+        // Boxed: a decoder is large beside a still.
+        decoded: Box<Decoded>,
+        /// Where it was opened from and how, to open it again in [`MediaInput::rewind`].
+        path: std::path::PathBuf,
+        options: crate::media::DecodeOptions,
+    },
 }
 
 #[cfg(feature = "media")]
@@ -194,14 +199,35 @@ impl MediaInput {
             return Ok(MediaInput::Still { clip, next: 0 });
         }
         let decoder = crate::media::VideoDecoder::open(path, options)?;
-        Ok(MediaInput::Video(Box::new(Decoded::new(decoder))))
+        Ok(MediaInput::Video {
+            decoded: Box::new(Decoded::new(decoder)),
+            path: path.to_path_buf(),
+            options: options.clone(),
+        })
+    }
+
+    /// Starts again at the first frame, for the next model: a still is held and only rewound, a
+    /// video is opened again (a decoder cannot seek back cheaply on every container).
+    pub fn rewind(&mut self) -> Result<(), crate::media::MediaError> {
+        match self {
+            MediaInput::Still { next, .. } => *next = 0,
+            MediaInput::Video {
+                decoded,
+                path,
+                options,
+            } => {
+                let decoder = crate::media::VideoDecoder::open(path, options)?;
+                **decoded = Decoded::new(decoder);
+            }
+        }
+        Ok(())
     }
 
     /// Frames per second to play it back at.
     pub fn fps(&self) -> f64 {
         match self {
             MediaInput::Still { clip, .. } => clip.playback_fps(),
-            MediaInput::Video(decoded) => decoded.info().fps,
+            MediaInput::Video { decoded, .. } => decoded.info().fps,
         }
     }
 
@@ -209,7 +235,7 @@ impl MediaInput {
     pub fn warnings(&self) -> Vec<String> {
         match self {
             MediaInput::Still { clip, .. } => clip.warnings.clone(),
-            MediaInput::Video(decoded) => decoded.warnings(),
+            MediaInput::Video { decoded, .. } => decoded.warnings(),
         }
     }
 }
@@ -219,14 +245,14 @@ impl FrameSource for MediaInput {
     fn size(&self) -> (usize, usize) {
         match self {
             MediaInput::Still { clip, .. } => (clip.frames.width, clip.frames.height),
-            MediaInput::Video(decoded) => decoded.size(),
+            MediaInput::Video { decoded, .. } => decoded.size(),
         }
     }
 
     fn frames_hint(&self) -> Option<usize> {
         match self {
             MediaInput::Still { clip, .. } => Some(clip.frames.frames),
-            MediaInput::Video(decoded) => decoded.frames_hint(),
+            MediaInput::Video { decoded, .. } => decoded.frames_hint(),
         }
     }
 
@@ -241,7 +267,7 @@ impl FrameSource for MediaInput {
                 *next += count;
                 Ok(Some(window))
             }
-            MediaInput::Video(decoded) => decoded.next_frames(count),
+            MediaInput::Video { decoded, .. } => decoded.next_frames(count),
         }
     }
 }

@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use super::info::compression_label;
 use super::ComputeArgs;
-use crate::analysis::{plan, stream};
+use crate::analysis::plan;
+use crate::analysis::stream::{self, FrameSource};
 use crate::io::write_atomically;
-use crate::media::{self, DecodeOptions};
+use crate::media::DecodeOptions;
 use crate::tokenizer::checkpoint::LoadOptions;
 use crate::tokenizer::runner;
 
@@ -120,62 +121,9 @@ fn finite_vec_or_null<S: serde::Serializer>(v: &[f64], s: S) -> Result<S::Ok, S:
     seq.end()
 }
 
-/// How one input is read: a still image decoded once, or a video decoded window by window for
-/// every model.
-enum InputFrames {
-    Image(media::Clip),
-    Video {
-        width: usize,
-        height: usize,
-        frames: Option<usize>,
-        fps: f64,
-    },
-}
-
-impl InputFrames {
-    fn probe(input: &Path, decode: &DecodeOptions) -> anyhow::Result<(Self, Vec<String>)> {
-        // Stills take the same path as in `media::open` (orientation, 16-bit and alpha handled
-        // there), not FFmpeg's image demuxers.
-        if media::is_still_image(input)? {
-            let clip = media::open(input, decode)?;
-            let warnings = clip.warnings.clone();
-            return Ok((InputFrames::Image(clip), warnings));
-        }
-        let info = media::VideoDecoder::open(input, decode)?.info();
-        let video = InputFrames::Video {
-            width: info.width,
-            height: info.height,
-            frames: info.frame_count_estimate,
-            fps: info.fps,
-        };
-        Ok((video, Vec::new()))
-    }
-
-    fn size(&self) -> (usize, usize) {
-        match self {
-            InputFrames::Image(clip) => (clip.frames.width, clip.frames.height),
-            InputFrames::Video { width, height, .. } => (*width, *height),
-        }
-    }
-
-    fn frames_hint(&self) -> usize {
-        match self {
-            InputFrames::Image(clip) => clip.frames.frames,
-            InputFrames::Video { frames, .. } => frames.unwrap_or(1).max(1),
-        }
-    }
-
-    fn fps(&self) -> f64 {
-        match self {
-            InputFrames::Image(clip) => clip.playback_fps(),
-            InputFrames::Video { fps, .. } => *fps,
-        }
-    }
-}
-
 fn evaluate(
     input: &Path,
-    frames: &InputFrames,
+    source: &mut stream::MediaInput,
     model_spec: &str,
     args: &EvalArgs,
     cancel: &AtomicBool,
@@ -190,8 +138,8 @@ fn evaluate(
     let (_, loaded) = super::models::load_model(model_spec, &options)?;
     let model = &loaded.tokenizer;
     let cfg = model.config();
-    let (width, height) = frames.size();
-    let expected_frames = frames.frames_hint();
+    let (width, height) = source.size();
+    let expected_frames = source.frames_hint().unwrap_or(1).max(1);
     let job = plan::JobSpec {
         requested_window: args.window,
         // Per-frame PSNR, SSIM and MSE.
@@ -209,29 +157,12 @@ fn evaluate(
         let total = total.map_or_else(|| "?".to_string(), |t| t.to_string());
         bar.set_message(format!("{model_spec}: frame {done}/{total}"));
     };
-    let analysis = match frames {
-        InputFrames::Image(clip) => stream::analyse(
-            model,
-            &mut stream::InMemory::new(&clip.frames),
-            &plan,
-            cancel,
-            &mut progress,
-        )?,
-        InputFrames::Video { .. } => {
-            let decoder = media::VideoDecoder::open(input, &args.decode_options())?;
-            let mut source = stream::Decoded::new(decoder);
-            let analysis = stream::analyse(model, &mut source, &plan, cancel, &mut progress)?;
-            for warning in source.warnings() {
-                bar.println(format!("warning: {}: {warning}", input.display()));
-            }
-            analysis
-        }
-    };
+    let analysis = stream::analyse(model, source, &plan, cancel, &mut progress)?;
     let summary = &analysis.summary;
     let frame_count = analysis.frames;
     let positions = analysis.token_positions;
     let tokens_per_frame = positions as f64 / frame_count.max(1) as f64;
-    let fps = frames.fps();
+    let fps = source.fps();
     Ok(EvalRow {
         input: input.display().to_string(),
         model: model_spec.to_string(),
@@ -445,26 +376,32 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     'inputs: for input in &args.inputs {
-        let frames = match InputFrames::probe(input, &decode) {
-            Ok((frames, warnings)) => {
-                for warning in &warnings {
-                    bar.println(format!("warning: {}: {warning}", input.display()));
-                }
-                frames
-            }
+        let mut source = match stream::MediaInput::open(input, &decode) {
+            Ok(source) => source,
             Err(e) => {
                 for model in &args.models {
-                    failures.push((input.display().to_string(), model.clone(), format!("{e:#}")));
+                    failures.push((input.display().to_string(), model.clone(), e.to_string()));
                     bar.inc(1);
                 }
                 continue;
             }
         };
-        for model in &args.models {
+        for (index, model) in args.models.iter().enumerate() {
             if cancel.load(Ordering::SeqCst) {
                 break 'inputs;
             }
-            match evaluate(input, &frames, model, args, &cancel, &bar) {
+            let run = match index {
+                0 => Ok(()),
+                _ => source.rewind().map_err(anyhow::Error::from),
+            }
+            .and_then(|()| evaluate(input, &mut source, model, args, &cancel, &bar));
+            // The reader's warnings are the same for every model: say them once.
+            if index == 0 {
+                for warning in source.warnings() {
+                    bar.println(format!("warning: {}: {warning}", input.display()));
+                }
+            }
+            match run {
                 Ok(row) => rows.push(row),
                 Err(e) if cancel.load(Ordering::SeqCst) => {
                     let _ = e;
