@@ -223,15 +223,10 @@ pub fn network_working_bytes(
     let network =
         activation as f64 * dtype.size_in_bytes() as f64 * activation_factor(target, video, dtype);
     let values = (batch * frames * height * width * 3 * dtype.size_in_bytes()) as u64;
-    // Narrow networks peak at full resolution instead: the wavelet patcher and unpatcher hold
-    // several copies of the input-sized tensor (bands, interleaves, the layout changes).
-    let at_full_resolution = FULL_RESOLUTION_COPIES * values;
-    FIXED_WORKING_BYTES + (network as u64 + 2 * values).max(at_full_resolution)
+    // Each wavelet level holds its input and its output, two input-sized tensors; narrow
+    // networks peak there, at full resolution.
+    FIXED_WORKING_BYTES + network as u64 + 2 * values
 }
-
-/// Input-sized tensors live at once around the Haar transforms, fitted to the tiny reference
-/// models (whose levels are too narrow to matter).
-const FULL_RESOLUTION_COPIES: u64 = 12;
 
 /// Peak bytes a wrapped run of one window of source frames adds to what the process holds: the
 /// network on the padded window (or one tile of it), the wrapper's uint8 and f32 copies of the
@@ -267,10 +262,11 @@ pub fn window_working_bytes(
         (1, padded_frames as usize)
     };
     let network = network_working_bytes(cfg, net_frames, run_h, run_w, batch, dtype, target);
-    // uint8: the window, its padded copy, the reconstruction and its cropped copy; f32: the
-    // conversion buffer in and the read-back out, per tile when tiled.
+    // uint8: the window, its padded copy, the reconstruction and its cropped copy; f32: one
+    // conversion buffer, per tile when tiled (on the CPU the network takes it over as the
+    // patcher's input, and the unpatcher's output is read back in place).
     let run_pixels = padded_frames * run_h as u64 * run_w as u64;
-    let wrapper = pixels * 3 * 4 + run_pixels * 3 * (4 + 4);
+    let wrapper = pixels * 3 * 4 + run_pixels * 3 * 4;
     network + wrapper + blend
 }
 
