@@ -50,6 +50,10 @@ pub struct TrainArgs {
     /// Square crop side in pixels (a multiple of the spatial compression).
     #[arg(long, default_value_t = 128)]
     crop: usize,
+    /// Colour jitter strength: per crop a brightness shift in ±J, a gain per channel in 1 ± J and
+    /// a shift per channel in ±J/2 ([-1, 1] units); 0 for none.
+    #[arg(long, default_value_t = 0.0)]
+    color_jitter: f64,
     /// Longest temporal window in frames (video networks train on 1 + k·t frames up to this).
     #[arg(long, default_value_t = 17)]
     max_frames: usize,
@@ -226,6 +230,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         steps: args.steps,
         batch: args.batch,
         crop: args.crop,
+        color_jitter: args.color_jitter,
         max_frames: args.max_frames.max(1),
         image_fraction: args.image_fraction,
         learning_rate: args.lr,

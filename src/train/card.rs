@@ -88,11 +88,16 @@ pub fn model_card(state: &TrainState) -> String {
     }
     let _ = writeln!(
         out,
-        "- {} steps of batch {}, random {}x{} crops with horizontal flips{}.",
+        "- {} steps of batch {}, random {}x{} crops with horizontal flips{}{}.",
         state.step,
         s.batch,
         s.crop,
         s.crop,
+        if s.color_jitter > 0.0 {
+            format!(" and colour jitter {}", s.color_jitter)
+        } else {
+            String::new()
+        },
         if c.family.is_video() {
             format!(
                 ", random temporal windows of 1 + k·{} frames up to {} (sometimes every 2nd frame), \

@@ -340,6 +340,11 @@ pub struct BatchShape {
     /// Frames per item (1 for image networks and image steps).
     pub frames: usize,
     pub crop: usize,
+    /// Colour jitter strength `j`: each crop gets a brightness shift in ±j, a gain per channel in
+    /// 1 ± j and a shift per channel in ±j/2 (in [-1, 1] units, clamped). Without it a nano model
+    /// learns the training set's colours and brightness as a prior and shifts other footage
+    /// towards them; 0 leaves the crops (and the random sequence) as they were.
+    pub color_jitter: f32,
 }
 
 /// A random batch in [-1, 1]: (B, 3, T, H, W) for video networks, (B, 3, H, W) for image ones.
@@ -355,6 +360,7 @@ pub fn sample_batch(
         batch,
         frames,
         crop,
+        color_jitter,
     } = shape;
     let candidates: Vec<&Source> = dataset
         .train
@@ -384,9 +390,19 @@ pub fn sample_batch(
         let top = rng.random_range(0..=f.height - crop);
         let left = rng.random_range(0..=f.width - crop);
         let flip = rng.random_bool(0.5);
+        // (gain, shift) per channel.
+        let mut color = [(1f32, 0f32); 3];
+        if color_jitter > 0.0 {
+            let j = color_jitter;
+            let brightness = rng.random_range(-j..=j);
+            for (gain, shift) in &mut color {
+                *gain = 1.0 + rng.random_range(-j..=j);
+                *shift = brightness + rng.random_range(-j / 2.0..=j / 2.0);
+            }
+        }
         for t in 0..frames {
             let frame = first + t * stride;
-            for c in 0..3 {
+            for (c, &(gain, shift)) in color.iter().enumerate() {
                 // (B, 3, T, H, W) for video, (B, 3, H, W) (T = 1) for images: same memory order.
                 let base = ((item * 3 + c) * frames + t) * plane;
                 for y in 0..crop {
@@ -400,7 +416,12 @@ pub fn sample_batch(
                     for (x, slot) in slots.iter_mut().enumerate() {
                         let sx = if flip { crop - 1 - x } else { x };
                         // sx < crop and c < 3: inside `pixels`.
-                        *slot = f32::from(pixels[sx * 3 + c]) / 127.5 - 1.0;
+                        let v = f32::from(pixels[sx * 3 + c]) / 127.5 - 1.0;
+                        *slot = if color_jitter > 0.0 {
+                            (gain * v + shift).clamp(-1.0, 1.0)
+                        } else {
+                            v
+                        };
                     }
                 }
             }
@@ -482,6 +503,51 @@ mod tests {
         let err = load_frames(&other).unwrap_err().to_string();
         assert!(err.contains("not a frames file"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Without jitter a crop holds the pixels as they are; with it, each crop's channels are
+    /// shifted and scaled by their own random amounts, staying inside [-1, 1].
+    #[test]
+    fn colour_jitter_shifts_each_crop_and_stays_in_range() {
+        use rand::SeedableRng;
+        // A flat grey image: any change comes from the jitter.
+        let frames = RgbFrames::new(1, 32, 32, vec![128; 32 * 32 * 3]).unwrap();
+        let dataset = Dataset {
+            train: vec![Source {
+                label: "grey".into(),
+                frames,
+                kind: SourceKind::Image,
+            }],
+            validation: Vec::new(),
+        };
+        let batch = |color_jitter: f32| {
+            let shape = BatchShape {
+                batch: 8,
+                frames: 1,
+                crop: 16,
+                color_jitter,
+            };
+            let mut rng = StdRng::seed_from_u64(7);
+            sample_batch(&dataset, shape, false, &mut rng, &Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let grey = 128.0 / 127.5 - 1.0;
+        assert!(batch(0.0).iter().all(|&v| v == grey));
+        let jittered = batch(0.2);
+        assert!(jittered.iter().all(|v| (-1.0..=1.0).contains(v)));
+        // 8 crops x 3 channels, each plane constant: distinct values, none the original.
+        let mut planes: Vec<f32> = jittered.chunks_exact(16 * 16).map(|p| p[0]).collect();
+        assert!(jittered
+            .chunks_exact(16 * 16)
+            .all(|p| p.iter().all(|&v| v == p[0])));
+        assert!(planes.iter().all(|&v| (v - grey).abs() > 1e-6));
+        planes.sort_by(f32::total_cmp);
+        planes.dedup();
+        assert_eq!(planes.len(), 8 * 3);
     }
 
     #[test]

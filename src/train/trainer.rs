@@ -44,6 +44,9 @@ pub struct TrainSettings {
     pub batch: usize,
     /// Square crop side in pixels.
     pub crop: usize,
+    /// Colour jitter per crop (see [`data::BatchShape::color_jitter`]); 0 for none.
+    #[serde(default)]
+    pub color_jitter: f64,
     /// Longest training window in frames (video networks; 1 + k·t).
     pub max_frames: usize,
     /// Share of steps on single frames (images train video networks as T = 1).
@@ -481,6 +484,7 @@ pub fn train(
                 batch: recipe.batch,
                 frames,
                 crop: recipe.crop,
+                color_jitter: recipe.color_jitter as f32,
             },
             video,
             &mut rng,
