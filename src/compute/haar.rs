@@ -44,7 +44,7 @@ fn read<F: FnOnce(&[f32]) -> Result<Vec<f32>>>(x: &Tensor, f: F) -> Result<Vec<f
     f(storage::contiguous_f32(cpu, layout)?)
 }
 
-fn plane<'a>(values: &'a [f32], index: usize, len: usize) -> Result<&'a [f32]> {
+fn plane(values: &[f32], index: usize, len: usize) -> Result<&[f32]> {
     match values.get(index * len..(index + 1) * len) {
         Some(p) => Ok(p),
         None => bail!("haar: plane {index} is outside the input"),
@@ -61,7 +61,7 @@ pub fn analysis_3d(x: &Tensor, repeat_first: usize, tap: f32, mul: f64) -> Resul
         bail!("haar: expected (B, T, C, H, W), got {dims:?}")
     };
     let frames = t + repeat_first;
-    if t == 0 || frames % 2 != 0 || h % 2 != 0 || w % 2 != 0 {
+    if t == 0 || !frames.is_multiple_of(2) || !h.is_multiple_of(2) || !w.is_multiple_of(2) {
         bail!("haar: (T + {repeat_first}, H, W) must be even, got {dims:?}")
     }
     let (t2, h2, w2) = (frames / 2, h / 2, w / 2);
@@ -137,7 +137,7 @@ pub fn synthesis_3d(x: &Tensor, skip_frames: usize, tap: f32, mul: f64) -> Resul
     let &[b, t2, c8, h2, w2] = dims.as_slice() else {
         bail!("haar: expected (B, t, 8C, h, w), got {dims:?}")
     };
-    if c8 % 8 != 0 || 2 * t2 <= skip_frames {
+    if !c8.is_multiple_of(8) || 2 * t2 <= skip_frames {
         bail!("haar: cannot synthesise {dims:?} and drop {skip_frames} frames")
     }
     let c = c8 / 8;
@@ -205,7 +205,7 @@ pub fn analysis_2d(x: &Tensor, tap: f32, mul: f64) -> Result<Tensor> {
     let &[b, c, h, w] = dims.as_slice() else {
         bail!("haar: expected (B, C, H, W), got {dims:?}")
     };
-    if h % 2 != 0 || w % 2 != 0 {
+    if !h.is_multiple_of(2) || !w.is_multiple_of(2) {
         bail!("haar: (H, W) must be even, got {dims:?}")
     }
     let (h2, w2, p, p2) = (h / 2, w / 2, h * w, h * w / 4);
@@ -259,7 +259,7 @@ pub fn synthesis_2d(x: &Tensor, tap: f32, mul: f64) -> Result<Tensor> {
     let &[b, c4, h2, w2] = dims.as_slice() else {
         bail!("haar: expected (B, 4C, h, w), got {dims:?}")
     };
-    if c4 % 4 != 0 {
+    if !c4.is_multiple_of(4) {
         bail!("haar: cannot synthesise {dims:?}: channels are not a multiple of 4")
     }
     let c = c4 / 4;

@@ -163,7 +163,7 @@ pub fn patch_3d(x: Tensor, patch_size: usize, tap: f32) -> Result<Tensor> {
         for _ in 0..levels(patch_size) {
             check_even(&x, &[3, 4])?;
             let frames = x.dim(1)? + repeat;
-            if frames % 2 != 0 {
+            if !frames.is_multiple_of(2) {
                 return Err(odd_length(1, frames));
             }
             x = one_pass::analysis_3d(&x, repeat, tap, 1.0 / SCALE_3D)?;
