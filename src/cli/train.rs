@@ -50,6 +50,10 @@ pub struct TrainArgs {
     /// Square crop side in pixels (a multiple of the spatial compression).
     #[arg(long, default_value_t = 128)]
     crop: usize,
+    /// More square crop sides, comma-separated (e.g. `192,256,320`): each step draws one of them or
+    /// `--crop`, with the batch scaled to about the same pixels, so the model sees several sizes.
+    #[arg(long, value_delimiter = ',')]
+    extra_crops: Vec<usize>,
     /// Colour jitter strength: per crop a brightness shift in ±J, a gain per channel in 1 ± J and
     /// a shift per channel in ±J/2 ([-1, 1] units); 0 for none.
     #[arg(long, default_value_t = 0.0)]
@@ -185,12 +189,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     let (variant, network) = architecture(args)?;
-    if args.crop == 0 || !args.crop.is_multiple_of(network.spatial_compression) {
-        bail!(
-            "--crop {} must be a positive multiple of the spatial compression {}",
-            args.crop,
-            network.spatial_compression
-        );
+    for &crop in std::iter::once(&args.crop).chain(&args.extra_crops) {
+        if crop == 0 || !crop.is_multiple_of(network.spatial_compression) {
+            bail!(
+                "crop side {crop} must be a positive multiple of the spatial compression {}",
+                network.spatial_compression
+            );
+        }
     }
     if args.batch == 0 || args.steps == 0 {
         bail!("--batch and --steps must be at least 1");
@@ -230,6 +235,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         steps: args.steps,
         batch: args.batch,
         crop: args.crop,
+        extra_crops: args.extra_crops.clone(),
         color_jitter: args.color_jitter,
         max_frames: args.max_frames.max(1),
         image_fraction: args.image_fraction,

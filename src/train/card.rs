@@ -88,11 +88,23 @@ pub fn model_card(state: &TrainState) -> String {
     }
     let _ = writeln!(
         out,
-        "- {} steps of batch {}, random {}x{} crops with horizontal flips{}{}.",
+        "- {} steps of batch {}, random {}x{} crops{} with horizontal flips{}{}.",
         state.step,
         s.batch,
         s.crop,
         s.crop,
+        if s.extra_crops.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (or, as often each, {} crops with the batch scaled to as many pixels)",
+                s.extra_crops
+                    .iter()
+                    .map(|c| format!("{c}x{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
         if s.color_jitter > 0.0 {
             format!(" and colour jitter {}", s.color_jitter)
         } else {

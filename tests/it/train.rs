@@ -46,6 +46,7 @@ fn settings(config: NetworkConfig, steps: usize) -> TrainSettings {
         steps,
         batch: 2,
         crop: 64,
+        extra_crops: Vec::new(),
         color_jitter: 0.0,
         max_frames: 9,
         image_fraction: 0.0,
