@@ -341,9 +341,8 @@ pub struct BatchShape {
     pub frames: usize,
     pub crop: usize,
     /// Colour jitter strength `j`: each crop gets a brightness shift in ±j, a gain per channel in
-    /// 1 ± j and a shift per channel in ±j/2 (in [-1, 1] units, clamped). Without it a nano model
-    /// learns the training set's colours and brightness as a prior and shifts other footage
-    /// towards them; 0 leaves the crops (and the random sequence) as they were.
+    /// 1 ± j and a shift per channel in ±j/2 (in [-1, 1] units, clamped), to widen the colours a
+    /// small training set shows; 0 leaves the crops (and the random sequence) as they were.
     pub color_jitter: f32,
 }
 
