@@ -267,9 +267,14 @@ mod tests {
         assert_eq!((dv.spatial, dv.temporal), (8, 8));
         assert_eq!(dv.compression(), 512);
         assert!(dv.is_available());
+        // A shipped nano model is the default; without one, the tiny discrete video model.
+        let expected = match trained_models(&root).first() {
+            Some(dir) => entry_for_path(dir, Origin::Trained).name,
+            None => "DV8x8x8-tiny".to_string(),
+        };
         assert_eq!(
             default_model(&entries).map(|e| e.name.as_str()),
-            Some("DV8x8x8-tiny")
+            Some(expected.as_str())
         );
     }
 }

@@ -181,15 +181,12 @@ fn side_by_side_composite_is_written() {
     let _ = std::fs::remove_file(&out);
 }
 
-/// Without `--models`, eval takes the trained models in assets/models/; with none there, it says
-/// what to pass instead.
+/// Without `--models`, eval takes the trained models in assets/models/ (one row each, named
+/// after the shipped folder); with none there, it says what to pass instead.
 #[test]
 fn eval_without_models_uses_the_shipped_ones_or_says_what_to_do() {
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models");
-    if shipped.is_dir() {
-        eprintln!("assets/models exists: the no-models error path is not reachable here");
-        return;
-    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = tokenscope::shipped::trained_models(root);
     let o = Command::new(env!("CARGO_BIN_EXE_tokenscope"))
         .args([
             "eval",
@@ -197,12 +194,24 @@ fn eval_without_models_uses_the_shipped_ones_or_says_what_to_do() {
         ])
         .output()
         .unwrap();
-    assert!(!o.status.success());
+    let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        stderr.contains("no --models given") && stderr.contains("assets/models"),
-        "{stderr}"
-    );
+    if shipped.is_empty() {
+        assert!(!o.status.success());
+        assert!(
+            stderr.contains("no --models given") && stderr.contains("assets/models"),
+            "{stderr}"
+        );
+        return;
+    }
+    assert!(o.status.success(), "{stderr}");
+    for dir in &shipped {
+        let name = dir.file_name().unwrap().to_string_lossy();
+        assert!(
+            stdout.contains(name.as_ref()),
+            "{name} missing from:\n{stdout}"
+        );
+    }
 }
 
 /// Runs `eval` with the JSON output and returns its one row.
