@@ -51,6 +51,31 @@ fn plane(values: &[f32], index: usize, len: usize) -> Result<&[f32]> {
     }
 }
 
+/// The analysis levels' tasks: `out` is slabs of `bands·channels` planes of `plane` values
+/// (band-major, channel `band·channels + c`); one task per (slab, channel) gets that channel's
+/// planes in band order, so tasks write disjoint memory in parallel.
+fn band_planes_per_channel(
+    out: &mut [f32],
+    bands: usize,
+    channels: usize,
+    plane: usize,
+) -> Vec<(usize, usize, Vec<&mut [f32]>)> {
+    let mut tasks = Vec::with_capacity(out.len() / (bands * plane).max(1));
+    for (slab_index, slab) in out.chunks_mut(bands * channels * plane).enumerate() {
+        let mut groups: Vec<Vec<&mut [f32]>> =
+            (0..channels).map(|_| Vec::with_capacity(bands)).collect();
+        for (i, band_plane) in slab.chunks_mut(plane).enumerate() {
+            if let Some(group) = groups.get_mut(i % channels) {
+                group.push(band_plane);
+            }
+        }
+        for (ci, group) in groups.into_iter().enumerate() {
+            tasks.push((slab_index, ci, group));
+        }
+    }
+    tasks
+}
+
 /// 3-D analysis level on frame-major video (B, T, C, H, W), with `repeat_first` extra copies of
 /// frame 0 in front (the patcher's causal padding, never materialised). Bands are ordered
 /// `4·bt + 2·bh + bw` (T, then H, then W), each holding all C channels, and every value is
@@ -69,20 +94,7 @@ pub fn analysis_3d(x: &Tensor, repeat_first: usize, tap: f32, mul: f64) -> Resul
     let mul = mul as f32;
     let out = read(&x, |input| {
         let mut out = vec![0f32; b * t2 * 8 * c * p2];
-        // One task per (b, t2, c): its eight band planes, in band order.
-        let mut tasks: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::with_capacity(b * t2 * c);
-        for (slab_index, slab) in out.chunks_mut(8 * c * p2).enumerate() {
-            let mut groups: Vec<Vec<&mut [f32]>> = (0..c).map(|_| Vec::with_capacity(8)).collect();
-            for (i, band_plane) in slab.chunks_mut(p2).enumerate() {
-                if let Some(group) = groups.get_mut(i % c) {
-                    group.push(band_plane);
-                }
-            }
-            for (ci, group) in groups.into_iter().enumerate() {
-                tasks.push((slab_index, ci, group));
-            }
-        }
-        tasks
+        band_planes_per_channel(&mut out, 8, c, p2)
             .into_par_iter()
             .try_for_each(|(slab_index, ci, mut bands)| -> Result<()> {
                 let (bi, ti) = (slab_index / t2, slab_index % t2);
@@ -212,19 +224,7 @@ pub fn analysis_2d(x: &Tensor, tap: f32, mul: f64) -> Result<Tensor> {
     let mul = mul as f32;
     let out = read(&x, |input| {
         let mut out = vec![0f32; b * 4 * c * p2];
-        let mut tasks: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::with_capacity(b * c);
-        for (bi, slab) in out.chunks_mut(4 * c * p2).enumerate() {
-            let mut groups: Vec<Vec<&mut [f32]>> = (0..c).map(|_| Vec::with_capacity(4)).collect();
-            for (i, band_plane) in slab.chunks_mut(p2).enumerate() {
-                if let Some(group) = groups.get_mut(i % c) {
-                    group.push(band_plane);
-                }
-            }
-            for (ci, group) in groups.into_iter().enumerate() {
-                tasks.push((bi, ci, group));
-            }
-        }
-        tasks
+        band_planes_per_channel(&mut out, 4, c, p2)
             .into_par_iter()
             .try_for_each(|(bi, ci, mut bands)| -> Result<()> {
                 let source = plane(input, bi * c + ci, p)?;

@@ -239,10 +239,27 @@ impl Tokenizer {
 
     /// Encodes a channel-first input in [-1, 1] and keeps every intermediate tensor.
     pub fn encode_traced(&self, x: &Tensor) -> Result<EncodeTrace> {
-        self.encode_traced_with(x, |pre| {
-            let (indices, codes) = fsq::quantize(pre)?;
-            Ok(Tokens::Discrete { indices, codes })
-        })
+        self.encode_traced_with(x, fsq_tokens)
+    }
+
+    /// The encoder and its `quant_conv`, or why there are none.
+    fn encoder_half(&self) -> Result<(&EncoderNet, &Pointwise)> {
+        let Some((net, quant_conv)) = &self.encoder else {
+            return Err(TokenizerError::InvalidInput(
+                "this checkpoint has no encoder (only decoder weights were loaded)".into(),
+            ));
+        };
+        Ok((net, quant_conv))
+    }
+
+    /// The decoder's `post_quant_conv` and network, or why there are none.
+    fn decoder_half(&self) -> Result<(&Pointwise, &DecoderNet)> {
+        let Some((post_quant_conv, net)) = &self.decoder else {
+            return Err(TokenizerError::InvalidInput(
+                "this checkpoint has no decoder (only encoder weights were loaded)".into(),
+            ));
+        };
+        Ok((post_quant_conv, net))
     }
 
     /// [`Tokenizer::encode_traced`] with the discrete bottleneck given by `quantize`.
@@ -251,11 +268,7 @@ impl Tokenizer {
         x: &Tensor,
         quantize: impl Fn(&Tensor) -> Result<Tokens>,
     ) -> Result<EncodeTrace> {
-        let Some((net, quant_conv)) = &self.encoder else {
-            return Err(TokenizerError::InvalidInput(
-                "this checkpoint has no encoder (only decoder weights were loaded)".into(),
-            ));
-        };
+        let (net, quant_conv) = self.encoder_half()?;
         self.check_input(x)?;
         let x = x.to_device(&self.device)?.to_dtype(self.dtype)?;
         let (patcher_out, encoder_out, quant_conv_out) = match net {
@@ -306,11 +319,7 @@ impl Tokenizer {
     /// input by value so that its memory is free once the patcher has read it (at 1080p the
     /// input and the patcher's levels are most of a small model's memory).
     pub fn encode_frame_major(&self, x: Tensor) -> Result<Tokens> {
-        let Some((net, quant_conv)) = &self.encoder else {
-            return Err(TokenizerError::InvalidInput(
-                "this checkpoint has no encoder (only decoder weights were loaded)".into(),
-            ));
-        };
+        let (net, quant_conv) = self.encoder_half()?;
         let latent = match net {
             EncoderNet::Image(enc) => {
                 self.check_input(&x)?;
@@ -334,8 +343,7 @@ impl Tokenizer {
             }
         };
         if self.config.family.is_discrete() {
-            let (indices, codes) = fsq::quantize(&latent)?;
-            Ok(Tokens::Discrete { indices, codes })
+            fsq_tokens(&latent)
         } else {
             Ok(Tokens::Continuous { latent })
         }
@@ -382,11 +390,7 @@ impl Tokenizer {
 
     /// Decodes tokens and keeps the intermediate tensors.
     pub fn decode_traced(&self, tokens: &Tokens) -> Result<DecodeTrace> {
-        let Some((post_quant_conv, net)) = &self.decoder else {
-            return Err(TokenizerError::InvalidInput(
-                "this checkpoint has no decoder (only encoder weights were loaded)".into(),
-            ));
-        };
+        let (post_quant_conv, net) = self.decoder_half()?;
         let z = self.checked_decoder_input(tokens)?;
         match net {
             DecoderNet::Image(dec) => {
@@ -426,11 +430,7 @@ impl Tokenizer {
     /// Decodes to the layout the wrapper turns into frames: frame-major (B, T, 3, H, W) for video
     /// networks, (B, 3, H, W) for image ones, keeping no intermediate tensor.
     pub fn decode_frame_major(&self, tokens: &Tokens) -> Result<Tensor> {
-        let Some((post_quant_conv, net)) = &self.decoder else {
-            return Err(TokenizerError::InvalidInput(
-                "this checkpoint has no decoder (only encoder weights were loaded)".into(),
-            ));
-        };
+        let (post_quant_conv, net) = self.decoder_half()?;
         let z = self.checked_decoder_input(tokens)?;
         match net {
             DecoderNet::Image(dec) => {
@@ -465,4 +465,10 @@ impl Tokenizer {
         };
         self.decode(&decoder_input)
     }
+}
+
+/// Discrete tokens of an FSQ input: its indices and codes.
+fn fsq_tokens(pre_quant: &Tensor) -> Result<Tokens> {
+    let (indices, codes) = fsq::quantize(pre_quant)?;
+    Ok(Tokens::Discrete { indices, codes })
 }
