@@ -23,9 +23,9 @@ use super::storage::fast_path_applies;
 
 type Result<T> = candle_core::Result<T>;
 
-/// Query rows per CPU work item.
-pub const CPU_QUERY_BLOCK: usize = 64;
-/// Keys per CPU score block (64×256 scores: 64 KiB, in L2).
+/// Query rows per CPU work item: eight of the AVX-512 form's 12-row panels.
+pub const CPU_QUERY_BLOCK: usize = 96;
+/// Keys per CPU score block (96×256 scores: 96 KiB, in L2).
 pub const CPU_KEY_BLOCK: usize = 256;
 /// Queries and keys per block of the candle-op form: a (N, 4096, 4096) f32 block is 64 MiB per item.
 pub const OPS_BLOCK: usize = 4096;
@@ -163,10 +163,25 @@ pub fn attention_ops(
     out.transpose(1, 2)?.contiguous()?.to_dtype(dtype)
 }
 
-/// The CPU kernel: f32 slices, parallel over (item, query block); per key block one strided GEMM
-/// for the scores and one for the values, the online softmax in between. Never allocates more than
+/// The CPU kernel: f32 slices, parallel over (item, query block); per key block one product for
+/// the scores and one for the values, the online softmax in between. Never allocates more than
 /// one `query_block × key_block` score block and one `query_block × C` accumulator per worker.
 pub fn attention_cpu(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+    query_block: usize,
+    key_block: usize,
+) -> Result<Tensor> {
+    attention_cpu_with(CpuKernel::best(), q, k, v, causal, query_block, key_block)
+}
+
+/// [`attention_cpu`] on the given micro-kernels: with AVX-512 (and a key block that is a multiple
+/// of 16) both products run on the convolutions' micro-kernel over packed panels
+/// (`attention_avx512.rs`); otherwise on the `gemm` crate, whose exponentials follow `kernel`.
+pub fn attention_cpu_with(
+    kernel: CpuKernel,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -186,6 +201,14 @@ pub fn attention_cpu(
     if query_block == 0 || key_block == 0 || c == 0 || s == 0 {
         candle_core::bail!("attention: empty blocks or inputs ({n}, {c}, {s})");
     }
+    kernel.check_available()?;
+    #[cfg(target_arch = "x86_64")]
+    if kernel == CpuKernel::Avx512 && key_block.is_multiple_of(super::tile::MR) {
+        // SAFETY: `check_available` found AVX-512F on this CPU.
+        return unsafe {
+            super::attention_avx512::attention(q, k, v, causal, query_block, key_block)
+        };
+    }
     // Position-major (N, S, C) copies: every GEMM below then reads channels with unit stride.
     let values = |t: &Tensor| {
         t.transpose(1, 2)?
@@ -196,7 +219,6 @@ pub fn attention_cpu(
     let (qs, ks, vs) = (values(q)?, values(k)?, values(v)?);
     let item = c * s;
     let scale = 1.0 / (c as f32).sqrt();
-    let kernel = CpuKernel::best();
     // Output rows (N, S, C): each query block writes a contiguous run of rows.
     let mut out = vec![0f32; n * s * c];
     out.par_chunks_mut(item)
@@ -352,7 +374,7 @@ fn attend_block(g: &BlockGeometry, (q, k, v): (&[f32], &[f32], &[f32]), out: &mu
 
 /// The largest value, in 16 independent lanes (a maximum is exact in any order, and the lanes let
 /// the loop vectorise).
-fn max_of(values: &[f32]) -> f32 {
+pub(super) fn max_of(values: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 16];
     let mut chunks = values.chunks_exact(16);
     for chunk in &mut chunks {
@@ -385,7 +407,7 @@ fn exp_shifted_sum(kernel: CpuKernel, values: &mut [f32], shift: f32) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn exp_shifted_sum_avx512(values: &mut [f32], shift: f32) -> f32 {
+pub(super) fn exp_shifted_sum_avx512(values: &mut [f32], shift: f32) -> f32 {
     exp_shifted_sum_lanes(values, shift)
 }
 
@@ -440,8 +462,10 @@ mod tests {
             .unwrap()
     }
 
-    /// The blocked forms against the materialised one computed in f64: sequence lengths that are
-    /// and are not multiples of the blocks, a single position, causal masks, several widths.
+    /// The blocked forms, on every micro-kernel this CPU has, against the materialised one
+    /// computed in f64: sequence lengths that are and are not multiples of the blocks (and of the
+    /// AVX-512 form's 12-row panels and 16-wide tiles), a single position, causal masks, several
+    /// widths.
     #[test]
     fn blocked_attention_matches_the_materialised_form() {
         for &(n, c, s) in &[
@@ -449,6 +473,7 @@ mod tests {
             (2, 16, 7),
             (3, 32, 65),
             (1, 4, 300),
+            (2, 20, 37),
             (2, 64, 129),
             (1, 512, 70),
         ] {
@@ -459,12 +484,18 @@ mod tests {
                     attention_materialised(&f64s(&q), &f64s(&k), &f64s(&v), causal).unwrap();
                 let materialised = attention_materialised(&q, &k, &v, causal).unwrap();
                 let reference_error = max_abs_diff(&materialised, &exact);
-                for &(qb, kb) in &[(1, 1), (7, 5), (16, 32), (64, 256)] {
+                for &(qb, kb) in &[(1, 1), (7, 5), (12, 16), (16, 32), (64, 256), (96, 256)] {
                     let what = format!("n {n} c {c} s {s} causal {causal} blocks {qb}x{kb}");
-                    let cpu = attention_cpu(&q, &k, &v, causal, qb, kb).unwrap();
-                    let ops = attention_ops(&q, &k, &v, causal, qb, kb).unwrap();
-                    assert_eq!(cpu.dims(), &[n, c, s], "{what}");
-                    for (name, got) in [("cpu", &cpu), ("ops", &ops)] {
+                    let mut results = vec![(
+                        "ops".to_string(),
+                        attention_ops(&q, &k, &v, causal, qb, kb).unwrap(),
+                    )];
+                    for kernel in CpuKernel::available() {
+                        let cpu = attention_cpu_with(kernel, &q, &k, &v, causal, qb, kb).unwrap();
+                        assert_eq!(cpu.dims(), &[n, c, s], "{what}");
+                        results.push((format!("cpu {kernel:?}"), cpu));
+                    }
+                    for (name, got) in &results {
                         let err = max_abs_diff(got, &exact);
                         assert!(
                             err <= 4.0 * reference_error + 2e-6,

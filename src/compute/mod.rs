@@ -15,11 +15,14 @@
 //!   [`CpuKernel`] dispatch) over the micro-kernels in `avx512.rs`, `avx2.rs`, `portable.rs`;
 //! - `tile.rs`: the micro-tile's pixel lanes; `scratch.rs`: the pool of reusable buffers;
 //! - `norm.rs`: fused GroupNorm (+ SiLU) and the vectorisable `exp`; `attention.rs`: exact
-//!   single-head attention in bounded memory;
+//!   single-head attention in bounded memory (`attention_avx512.rs`: its products on the
+//!   AVX-512 micro-kernel);
 //! - `haar.rs`: one Haar wavelet level (2-D or 3-D, analysis or synthesis) in a single pass;
 //! - `storage.rs`: which tensors take the fast path, and their f32 values read in place.
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -36,7 +39,8 @@ mod tile;
 mod winograd;
 
 pub use attention::{
-    attention_channels_first, attention_cpu, attention_materialised, attention_ops, softmax_last,
+    attention_channels_first, attention_cpu, attention_cpu_with, attention_materialised,
+    attention_ops, softmax_last, CPU_KEY_BLOCK, CPU_QUERY_BLOCK,
 };
 pub use conv::{causal_temporal_conv, conv2d, conv2d_using, conv3x3_using, pointwise, Conv3x3};
 pub use implicit_gemm::CpuKernel;

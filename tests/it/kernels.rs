@@ -616,7 +616,7 @@ fn causal_temporal_conv_matches_padded_reference() {
     assert!(err.to_string().contains("fewer than the kernel"), "{err}");
 }
 
-/// `TOKENSCOPE_ATTENTION=materialised|blocked cargo test --test kernels -- --ignored --nocapture
+/// `TOKENSCOPE_ATTENTION=materialised|blocked|avx2 cargo test --test kernels -- --ignored --nocapture
 /// bench_attention` under `/usr/bin/time -v`: one mid-block spatial attention of
 /// full-size CV8x8x8 at 720p (3 latent frames of 90×160 cells, 512 channels).
 #[test]
@@ -626,10 +626,22 @@ fn bench_attention() {
     let q = Tensor::randn(0f32, 1.0, (n, c, s), &Device::Cpu).unwrap();
     let k = Tensor::randn(0f32, 1.0, (n, c, s), &Device::Cpu).unwrap();
     let v = Tensor::randn(0f32, 1.0, (n, c, s), &Device::Cpu).unwrap();
+    // `blocked` (the widest kernel), `avx2` (the gemm crate's products, as on AVX2 machines) or
+    // `materialised`.
     let method = std::env::var("TOKENSCOPE_ATTENTION").unwrap_or_else(|_| "blocked".into());
     let started = std::time::Instant::now();
     let out = match method.as_str() {
         "materialised" => compute::attention_materialised(&q, &k, &v, false).unwrap(),
+        "avx2" => compute::attention_cpu_with(
+            compute::CpuKernel::Avx2,
+            &q,
+            &k,
+            &v,
+            false,
+            compute::CPU_QUERY_BLOCK,
+            compute::CPU_KEY_BLOCK,
+        )
+        .unwrap(),
         _ => compute::attention_channels_first(&q, &k, &v, false).unwrap(),
     };
     println!(
