@@ -18,9 +18,13 @@ pub struct BenchArgs {
     /// Input shape, `B x 3 x [T x] H x W`, e.g. 1x3x17x256x256 or 1x3x512x512.
     #[arg(long)]
     input_shape: String,
-    /// Timed runs after one warm-up run.
+    /// Timed runs after the warm-up runs.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Untimed runs first (page faults, scratch pools); 0 times a cold first run, which is what a
+    /// single minutes-long run at HD needs.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
     #[command(flatten)]
     compute: ComputeArgs,
     /// Print one JSON object instead of a table.
@@ -146,7 +150,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut encode_times = Vec::with_capacity(args.runs);
     let mut decode_times = Vec::with_capacity(args.runs);
     let mut totals = Vec::with_capacity(args.runs);
-    for run in 0..=args.runs {
+    for run in 0..args.warmup + args.runs {
         let started = std::time::Instant::now();
         let tokens = model.encode(&input)?;
         synchronize(&device)?;
@@ -156,7 +160,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         synchronize(&device)?;
         let decode = started.elapsed().as_secs_f64();
         drop(recon);
-        if run > 0 {
+        if run >= args.warmup {
             encode_times.push(encode);
             decode_times.push(decode);
             totals.push(encode + decode);
@@ -180,6 +184,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "device": crate::device::describe(&device),
             "dtype": format!("{dtype:?}"),
             "runs": args.runs,
+            "warmup_runs": args.warmup,
             "threads": rayon::current_num_threads(),
             "encode_s_median": enc,
             "decode_s_median": dec,
@@ -199,12 +204,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "{} full size, random weights, input {}, {:?} on {}, {} runs after 1 warm-up",
+            "{} full size, random weights, input {}, {:?} on {}, {} runs after {} warm-up",
             variant.name,
             args.input_shape,
             dtype,
             crate::device::describe(&device),
-            args.runs
+            args.runs,
+            args.warmup
         );
         println!(
             "{:<10} {:>12} {:>10} {:>10} {:>14}",
