@@ -193,7 +193,8 @@ impl Analysis {
     }
 }
 
-/// The shorter side the released models were trained at: 360 for the -LowRes/-360p ones.
+/// The shorter side NVIDIA's released models were trained at: 360 for the -LowRes/-360p ones.
+/// Tokenscope-trained models say theirs in config.json.
 pub fn training_shorter_side(variant: &str) -> usize {
     if variant.contains("LowRes") || variant.contains("360p") {
         360

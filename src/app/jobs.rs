@@ -563,7 +563,9 @@ fn analyse_job(
         parameters: loaded.parameters,
         device: device::describe(device),
         dtype: format!("{:?}", tokenizer.dtype()).to_lowercase(),
-        training_shorter_side: analysis::training_shorter_side(&loaded.variant_name),
+        training_shorter_side: loaded
+            .trained_shorter_side
+            .unwrap_or_else(|| analysis::training_shorter_side(&loaded.variant_name)),
     };
     let mut collector = analysis::Collector::new(s.start, &facts, size, count);
     let mut source = stream::InMemory::range(&clip.frames, s.start, count);

@@ -76,7 +76,7 @@ pub fn status_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
                             m.training_shorter_side
                         ),
                     )
-                    .on_hover_text("the released tokenizers were trained on larger frames; expect lower quality on small inputs");
+                    .on_hover_text("this model was trained on larger frames; expect lower quality on small inputs");
                 }
             }
         } else if let Some(n) = &app.notice {

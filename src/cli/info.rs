@@ -44,6 +44,9 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
         cfg.family.describe()
     );
     println!("compression:    {}", compression_label(cfg));
+    if let Some(side) = loaded.trained_shorter_side {
+        println!("trained on:     frames at most {side} pixels on the shorter side");
+    }
     println!(
         "architecture:   channels {} x {:?} (decoder {:?}), {} res blocks, z {}, latent {}, patch {}",
         cfg.channels,

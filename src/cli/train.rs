@@ -238,6 +238,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         extra_crops: args.extra_crops.clone(),
         color_jitter: args.color_jitter,
         max_frames: args.max_frames.max(1),
+        max_side: Some(args.max_side),
         image_fraction: args.image_fraction,
         learning_rate: args.lr,
         warmup_steps: args.warmup,

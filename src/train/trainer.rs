@@ -55,6 +55,10 @@ pub struct TrainSettings {
     pub color_jitter: f64,
     /// Longest training window in frames (video networks; 1 + k·t).
     pub max_frames: usize,
+    /// Frames were scaled so their shorter side is at most this before cropping: the resolution
+    /// the model knows, which the viewer compares inputs with.
+    #[serde(default)]
+    pub max_side: Option<usize>,
     /// Share of steps on single frames (images train video networks as T = 1).
     pub image_fraction: f64,
     pub learning_rate: f64,
@@ -431,6 +435,7 @@ pub fn config_json(settings: &TrainSettings) -> Result<String> {
         "name": settings.name,
         "trained_by": "tokenscope train",
         "mirrors_official_variant": settings.variant,
+        "trained_shorter_side": settings.max_side,
         "family": settings.config.family.name(),
         "network": settings.config,
     });
@@ -627,6 +632,7 @@ mod tests {
             extra_crops,
             color_jitter: 0.0,
             max_frames: 1,
+            max_side: None,
             image_fraction: 0.0,
             learning_rate: 1e-3,
             warmup_steps: 0,

@@ -49,6 +49,7 @@ fn settings(config: NetworkConfig, steps: usize) -> TrainSettings {
         extra_crops: Vec::new(),
         color_jitter: 0.0,
         max_frames: 9,
+        max_side: None,
         image_fraction: 0.0,
         learning_rate: 3e-3,
         warmup_steps: 5,
@@ -243,6 +244,8 @@ fn the_train_command_writes_a_loadable_model_and_names_bad_input() {
         "1",
         "--validate-every",
         "2",
+        "--max-side",
+        "96",
     ]);
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success(), "{stderr}");
@@ -256,6 +259,11 @@ fn the_train_command_writes_a_loadable_model_and_names_bad_input() {
     // Labelled as Tokenscope's own model, never as NVIDIA's variant.
     let described = String::from_utf8_lossy(&info.stdout);
     assert!(described.contains("tokenscope-nano-DI8x8"), "{described}");
+    // The resolution it learnt at, which the viewer compares inputs with.
+    assert!(
+        described.contains("trained on:     frames at most 96 pixels"),
+        "{described}"
+    );
 
     let bad = run(&["train", "--variant", "XX9", "--data", &data, "-o", "/tmp/x"]);
     assert!(!bad.status.success());

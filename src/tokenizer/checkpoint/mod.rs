@@ -300,6 +300,9 @@ pub struct LoadedModel {
     /// Things the loader adjusted or wants the user to know.
     pub notes: Vec<String>,
     pub haar_taps: HaarTaps,
+    /// The shorter side of the frames a Tokenscope-trained model learnt from (its config.json's
+    /// `trained_shorter_side`); `None` for NVIDIA's checkpoints, whose resolution the variant says.
+    pub trained_shorter_side: Option<usize>,
 }
 
 /// Reads a checkpoint and builds the tokenizer.
@@ -365,6 +368,9 @@ pub fn load_weights(origin: &Path, weights: Weights, options: &LoadOptions) -> R
         unused_keys,
         notes,
         haar_taps: taps,
+        trained_shorter_side: tokenscope_config_json(origin)
+            .and_then(|v| v.get("trained_shorter_side")?.as_u64())
+            .and_then(|side| usize::try_from(side).ok()),
     })
 }
 
@@ -414,6 +420,14 @@ fn resolve_config(
 /// The `name` of a model Tokenscope trained (its config.json has a `network` object), so such
 /// models are labelled as themselves, never as NVIDIA's.
 fn tokenscope_model_name(origin: &Path) -> Option<String> {
+    tokenscope_config_json(origin)?
+        .get("name")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The config.json beside `origin` when Tokenscope wrote it (it has a `network` object).
+fn tokenscope_config_json(origin: &Path) -> Option<serde_json::Value> {
     let json = if origin.is_dir() {
         origin.join("config.json")
     } else {
@@ -422,7 +436,7 @@ fn tokenscope_model_name(origin: &Path) -> Option<String> {
     let value: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(json).ok()?).ok()?;
     value.get("network")?;
-    value.get("name")?.as_str().map(str::to_string)
+    Some(value)
 }
 
 /// `CV4x8x8-custom`: the compression a custom configuration shares with the released variants.
