@@ -40,6 +40,9 @@ pub enum AnalysisError {
     #[cfg(feature = "media")]
     #[error(transparent)]
     Media(#[from] crate::media::MediaError),
+    /// Spooling an output as the windows arrive.
+    #[error(transparent)]
+    Write(#[from] crate::io::WriteError),
 }
 
 impl From<TokenizerError> for AnalysisError {

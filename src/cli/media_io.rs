@@ -107,20 +107,6 @@ struct SourceFacts<'a> {
     fps: f64,
 }
 
-impl<'a> SourceFacts<'a> {
-    fn of_clip(clip: &'a media::Clip) -> Self {
-        Self {
-            source: &clip.source,
-            first_frame: clip.first_frame,
-            stride: clip.stride,
-            frames: clip.frames.frames,
-            width: clip.frames.width,
-            height: clip.frames.height,
-            fps: clip.playback_fps(),
-        }
-    }
-}
-
 fn media_metadata(
     loaded: &LoadedModel,
     clip: &SourceFacts<'_>,
@@ -171,27 +157,26 @@ pub fn encode_media(
     if !reconstruct && is_tensor_file(output) {
         return encode_streamed(loaded, input, output, options);
     }
+    if is_tensor_file(output) {
+        return reconstruct_tensors_streamed(loaded, input, output, options);
+    }
+    if !reconstruct {
+        bail!("`encode` writes tokens: give an output ending in .safetensors (or use `reconstruct` for media)");
+    }
+    // An image output (`.png`, ...): the reconstruction is written whole, so it is planned as
+    // kept.
     let clip = media::open(input, &DecodeOptions::default())?;
     for warning in &clip.warnings {
         eprintln!("warning: {}: {warning}", input.display());
     }
     let model = &loaded.tokenizer;
     let video = model.config().family.is_video();
-    let to_tensors = is_tensor_file(output);
-    if !reconstruct && !to_tensors {
-        bail!("`encode` writes tokens: give an output ending in .safetensors (or use `reconstruct` for media)");
-    }
     let clip_bytes = clip.frames.data.len() as u64;
     let job = plan::JobSpec {
         requested_window: options.window,
         // The reconstruction (and the side-by-side composite) of the whole clip.
-        kept: if reconstruct {
-            clip_bytes * if options.side_by_side { 3 } else { 1 }
-        } else {
-            0
-        },
-        // Tokens of a clip need every window whole.
-        tiling_allowed: reconstruct && !to_tensors,
+        kept: clip_bytes * if options.side_by_side { 3 } else { 1 },
+        tiling_allowed: true,
         ..plan::JobSpec::for_model(
             model,
             (clip.frames.width, clip.frames.height),
@@ -203,90 +188,39 @@ pub fn encode_media(
         eprintln!("note: {adjustment}");
     }
     let spans = runner::windows(clip.frames.frames, plan.temporal_window, video);
-    let mut records = Vec::with_capacity(spans.len());
-    let mut all_tokens = Vec::with_capacity(spans.len());
-    let mut reconstruction = Vec::with_capacity(if reconstruct {
-        clip.frames.data.len()
-    } else {
-        0
-    });
+    let mut reconstruction = Vec::with_capacity(clip.frames.data.len());
     let started = std::time::Instant::now();
     let never = std::sync::atomic::AtomicBool::new(false);
     for (i, &(start, count)) in spans.iter().enumerate() {
         let part = clip.frames.slice(start, count)?;
-        if let Some(tiling) = plan.tiling {
-            let run = runner::RunOptions {
-                temporal_window: count,
-                tiling: Some(tiling),
-            };
-            let result = runner::reconstruct(model, &part, &run, &never, &mut |_, _| {})?;
-            reconstruction.extend_from_slice(&result.reconstruction.data);
-        } else {
-            let (padding, tokens) = runner::encode_window(model, &part)?;
-            if reconstruct {
-                reconstruction
-                    .extend_from_slice(&runner::decode_window(model, &tokens, padding)?.data);
-            }
-            if to_tensors {
-                records.push(WindowRecord {
-                    start,
-                    frames: count,
-                    token_frames: tokens.grid().0,
-                    padding: padding_array(padding),
-                });
-                all_tokens.push(tokens);
-            }
-        }
+        let run = runner::RunOptions {
+            temporal_window: count,
+            tiling: plan.tiling,
+        };
+        let result = runner::reconstruct(model, &part, &run, &never, &mut |_, _| {})?;
+        reconstruction.extend_from_slice(&result.reconstruction.data);
         eprint!("\rwindow {}/{}", i + 1, spans.len());
     }
     eprintln!(" done in {:.2} s", started.elapsed().as_secs_f64());
     let inputs: [&Path; 1] = [input];
-    if to_tensors {
-        let mut tensors = tokens_tensors(&all_tokens, video)?;
-        if reconstruct {
-            let frames = RgbFrames::new(
-                clip.frames.frames,
-                clip.frames.height,
-                clip.frames.width,
-                reconstruction,
-            )?;
-            tensors.push((
-                "reconstruction_rgb",
-                Tensor::from_vec(
-                    frames.data,
-                    (frames.frames, frames.height, frames.width, 3),
-                    &candle_core::Device::Cpu,
-                )?,
-            ));
-        }
-        let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
-        crate::io::ensure_not_input(output, &inputs)?;
-        let facts = SourceFacts::of_clip(&clip);
-        save_safetensors(output, &refs, media_metadata(loaded, &facts, &records)?)?;
-        for (name, t) in &tensors {
-            println!("{name}: {:?} {:?}", t.dims(), t.dtype());
-        }
-        println!("wrote {}", output.display());
+    let frames = RgbFrames::new(
+        clip.frames.frames,
+        clip.frames.height,
+        clip.frames.width,
+        reconstruction,
+    )?;
+    let frames = if options.side_by_side {
+        labelled_composite(loaded, &clip, &frames)?
     } else {
-        let frames = RgbFrames::new(
-            clip.frames.frames,
-            clip.frames.height,
-            clip.frames.width,
-            reconstruction,
-        )?;
-        let frames = if options.side_by_side {
-            labelled_composite(loaded, &clip, &frames)?
-        } else {
-            frames
-        };
-        let written = media::write(&frames, clip.playback_fps(), output, &inputs)?;
-        println!(
-            "wrote {} ({}, {} frames)",
-            written.path.display(),
-            written.codec,
-            frames.frames
-        );
-    }
+        frames
+    };
+    let written = media::write(&frames, clip.playback_fps(), output, &inputs)?;
+    println!(
+        "wrote {} ({}, {} frames)",
+        written.path.display(),
+        written.codec,
+        frames.frames
+    );
     Ok(())
 }
 
@@ -381,6 +315,82 @@ fn encode_streamed(
         println!("{name}: {:?} {:?}", t.dims(), t.dtype());
     }
     println!("wrote {}", output.display());
+    Ok(())
+}
+
+/// `reconstruct` to a tensor file: tokens and `reconstruction_rgb`. Window by window, like
+/// [`encode_streamed`]: the tokens are kept (small) and each window's reconstruction goes to a
+/// spool file beside the output, copied into it at the end, so neither the clip nor its
+/// reconstruction is ever held whole.
+fn reconstruct_tensors_streamed(
+    loaded: &LoadedModel,
+    input: &Path,
+    output: &Path,
+    options: MediaRunOptions,
+) -> anyhow::Result<()> {
+    let model = &loaded.tokenizer;
+    let video = model.config().family.is_video();
+    // Tokens of a clip need every window whole: no tiles.
+    let (mut source, plan, expected) = open_planned(model, input, output, options, &|_| 0, false)?;
+    let (width, height) = source.size();
+    let started = std::time::Instant::now();
+    let mut spool = crate::io::SpooledTensor::create(output)?;
+    let mut records = Vec::new();
+    let mut all_tokens = Vec::new();
+    let mut keep = |window: stream::FinishedWindow<'_>| -> Result<(), stream::AnalysisError> {
+        for w in window.run.windows {
+            let tokens = w.tokens.ok_or_else(|| {
+                stream::AnalysisError::Source("a tiled window has no tokens to write".into())
+            })?;
+            records.push(WindowRecord {
+                start: window.start + w.start,
+                frames: w.frames,
+                token_frames: tokens.grid().0,
+                padding: padding_array(w.padding),
+            });
+            all_tokens.push(tokens);
+        }
+        spool.append(&window.run.reconstruction.data)?;
+        Ok(())
+    };
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let mut progress = |done: usize, total: Option<usize>| {
+        eprint!("\rframe {done}/{}", total.unwrap_or(expected));
+    };
+    let measured =
+        stream::analyse_with(model, &mut source, &plan, &never, &mut progress, &mut keep)?;
+    eprintln!(" done in {:.2} s", started.elapsed().as_secs_f64());
+    for warning in source.warnings() {
+        eprintln!("warning: {}: {warning}", input.display());
+    }
+    let tensors = tokens_tensors(&all_tokens, video)?;
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let facts = SourceFacts {
+        source: input,
+        first_frame: 0,
+        stride: 1,
+        frames: measured.frames,
+        width,
+        height,
+        fps: source.fps(),
+    };
+    let shape = [measured.frames, height, width, 3];
+    crate::io::save_safetensors_spooled(
+        output,
+        &refs,
+        ("reconstruction_rgb", safetensors::Dtype::U8, &shape, spool),
+        media_metadata(loaded, &facts, &records)?,
+    )?;
+    for (name, t) in &tensors {
+        println!("{name}: {:?} {:?}", t.dims(), t.dtype());
+    }
+    println!("reconstruction_rgb: {shape:?} U8");
+    println!(
+        "wrote {} (clip PSNR {:.2} dB, SSIM {:.4})",
+        output.display(),
+        measured.summary.psnr_clip,
+        measured.summary.ssim_mean
+    );
     Ok(())
 }
 

@@ -358,43 +358,80 @@ fn run_measured(args: &[&str]) -> (std::process::Output, u64) {
     (output, usage.ru_maxrss as u64 * 1024)
 }
 
-/// `reconstruct` to a video writes each window as it is done: from two windows to nine, every
-/// frame written, the same peak memory (within 15%; holding the clip and its reconstruction
-/// would add over a quarter). Two windows, not one, are the base: the second window's run
-/// overlaps the first's released buffers once, whatever the clip's length.
+/// `reconstruct` to a video writes each window as it is done, and to a tensor file spools each
+/// window's reconstruction beside the output: from two windows to nine, every frame written, the
+/// same peak memory (within 15%; holding the clip and its reconstruction would add over a
+/// quarter). Two windows, not one, are the base: the second window's run overlaps the first's
+/// released buffers once, whatever the clip's length.
 #[test]
-fn reconstruct_to_video_streams_in_bounded_memory() {
+fn reconstruct_streams_in_bounded_memory() {
     let dir = std::env::temp_dir().join(format!("tokenscope-recon-stream-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let model = model_dir("CV8x8x8-tiny");
-    let mut peaks = Vec::new();
     for frames in [34, 153] {
-        let input = dir.join(format!("clip{frames}.mkv"));
-        stripes(&input, frames, 352, 640);
-        let output = dir.join(format!("recon{frames}.mkv"));
-        let (out, peak) = run_measured(&[
-            "reconstruct",
-            "-m",
-            model.to_str().unwrap(),
-            input.to_str().unwrap(),
-            "-o",
-            output.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let back = tokenscope::media::open(&output, &Default::default()).unwrap();
-        assert_eq!(back.frames.frames, frames);
-        assert_eq!((back.frames.width, back.frames.height), (640, 352));
-        peaks.push(peak as f64);
+        stripes(&dir.join(format!("clip{frames}.mkv")), frames, 352, 640);
     }
-    assert!(
-        peaks[1] <= 1.15 * peaks[0],
-        "peak {:.0} MiB for 153 frames, {:.0} MiB for 34",
-        peaks[1] / 1048576.0,
-        peaks[0] / 1048576.0
-    );
+    for extension in ["mkv", "safetensors"] {
+        let mut peaks = Vec::new();
+        for frames in [34, 153] {
+            let input = dir.join(format!("clip{frames}.mkv"));
+            let output = dir.join(format!("recon{frames}.{extension}"));
+            let (out, peak) = run_measured(&[
+                "reconstruct",
+                "-m",
+                model.to_str().unwrap(),
+                input.to_str().unwrap(),
+                "-o",
+                output.to_str().unwrap(),
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if extension == "mkv" {
+                let back = tokenscope::media::open(&output, &Default::default()).unwrap();
+                assert_eq!(back.frames.frames, frames);
+                assert_eq!((back.frames.width, back.frames.height), (640, 352));
+            } else {
+                let tensors =
+                    candle_core::safetensors::load(&output, &candle_core::Device::Cpu).unwrap();
+                let recon = &tensors["reconstruction_rgb"];
+                assert_eq!(recon.dims(), &[frames, 352, 640, 3]);
+                assert_eq!(recon.dtype(), candle_core::DType::U8);
+                // The tokens of every window: 1 + 16/8 latent frames per 17 source frames.
+                let latent = &tensors["latent"];
+                assert_eq!(
+                    latent.dim(2).unwrap(),
+                    frames / 17 * 3,
+                    "{:?}",
+                    latent.dims()
+                );
+                // The spooled frames are the reconstruction, in order: the same pixels as the
+                // lossless video of the same run.
+                let video = dir.join(format!("recon{frames}.mkv"));
+                let video = tokenscope::media::open(&video, &Default::default()).unwrap();
+                let recon = recon.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+                assert!(
+                    recon == video.frames.data,
+                    "reconstruction_rgb differs from the .mkv"
+                );
+            }
+            peaks.push(peak as f64);
+        }
+        assert!(
+            peaks[1] <= 1.15 * peaks[0],
+            ".{extension}: peak {:.0} MiB for 153 frames, {:.0} MiB for 34",
+            peaks[1] / 1048576.0,
+            peaks[0] / 1048576.0
+        );
+    }
+    // No spool or temporary files are left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
