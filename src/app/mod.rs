@@ -145,9 +145,9 @@ struct Textures {
     gpu: bool,
     /// Original and reconstruction of the current frame, for the wgpu callback.
     pair: Option<Arc<FramePair>>,
-    /// (frame, width, height) `pair` was built for.
+    /// (frame, analysis, clip) `pair` was built for.
     pair_key: Option<(usize, usize, usize)>,
-    /// Bumped with every new pair, so the GPU side re-uploads.
+    /// Bumped with every new frame of pixels, so the GPU side re-uploads that one only.
     generation: u64,
     tokens: Option<TokenTexture>,
 }
@@ -756,18 +756,41 @@ impl ViewerApp {
         if self.textures.pair_key == Some(key) {
             return;
         }
-        let Some(original) = self.original_frame(self.frame).map(gpu::rgba_from_rgb) else {
-            return;
+        // Switching rates changes only the reconstruction: the original keeps its pixels and
+        // its texture.
+        let same_original = self
+            .textures
+            .pair_key
+            .is_some_and(|(frame, _, clip)| (frame, clip) == (key.0, key.2));
+        let kept_original = match &self.textures.pair {
+            Some(pair) if same_original => Some(pair.original.clone()),
+            _ => None,
+        };
+        let original = match kept_original {
+            Some(original) => original,
+            None => {
+                let Some(pixels) = self.original_frame(self.frame).map(gpu::rgba_from_rgb) else {
+                    return;
+                };
+                self.textures.generation += 1;
+                gpu::Rgba {
+                    generation: self.textures.generation,
+                    pixels: Arc::new(pixels),
+                }
+            }
         };
         let (width, height) = (clip.frames.width as u32, clip.frames.height as u32);
-        self.textures.generation += 1;
-        let reconstruction = self
-            .current
-            .as_ref()
-            .and_then(|a| a.frame(self.frame))
-            .map(gpu::rgba_from_rgb);
+        let reconstruction = match self.current.as_ref().and_then(|a| a.frame(self.frame)) {
+            Some(rgb) => {
+                self.textures.generation += 1;
+                Some(gpu::Rgba {
+                    generation: self.textures.generation,
+                    pixels: Arc::new(gpu::rgba_from_rgb(rgb)),
+                })
+            }
+            None => None,
+        };
         self.textures.pair = Some(Arc::new(FramePair {
-            generation: self.textures.generation,
             width,
             height,
             original,

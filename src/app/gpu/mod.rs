@@ -1,8 +1,8 @@
 //! The comparison image on the GPU: an `egui_wgpu` paint callback running `shaders/compare.wgsl`
 //! (wipe, flicker, difference with a colormap LUT and gain, nearest-neighbour zoom).
 //!
-//! The frames are uploaded once per change (keyed by a generation number) and shared by every
-//! pane; each pane has its own uniform buffer so the panes of one frame do not overwrite each
+//! Each frame is uploaded once per change (keyed by its own generation number, so switching rates
+//! re-uploads the reconstruction only) and shared by every pane; each pane has its own uniform buffer so the panes of one frame do not overwrite each
 //! other's parameters.
 
 use std::sync::Arc;
@@ -17,21 +17,26 @@ pub const MAX_PANES: usize = 3;
 
 /// The two frames on show, RGBA8, shared by the panes.
 pub struct FramePair {
-    /// Changes whenever the pixels do.
-    pub generation: u64,
     pub width: u32,
     pub height: u32,
-    pub original: Vec<u8>,
+    pub original: Rgba,
     /// Absent when the frame has not been reconstructed.
-    pub reconstruction: Option<Vec<u8>>,
+    pub reconstruction: Option<Rgba>,
 }
 
-/// RGB8 → RGBA8 (textures have no 3-byte formats).
+/// One frame's RGBA8 pixels and the generation that changes whenever they do.
+#[derive(Clone)]
+pub struct Rgba {
+    pub generation: u64,
+    pub pixels: Arc<Vec<u8>>,
+}
+
+/// RGB8 → RGBA8 (textures have no 3-byte formats). Fixed-size copies into a filled buffer: a
+/// 4K frame is 8 million pixels, and pushing them one by one took tens of milliseconds.
 pub fn rgba_from_rgb(rgb: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rgb.len() / 3 * 4);
-    for p in rgb.chunks_exact(3) {
-        out.extend_from_slice(p);
-        out.push(255);
+    let mut out = vec![255u8; rgb.len() / 3 * 4];
+    for (o, p) in out.chunks_exact_mut(4).zip(rgb.chunks_exact(3)) {
+        o[..3].copy_from_slice(p);
     }
     out
 }
@@ -47,7 +52,9 @@ pub struct Params {
 }
 
 struct FrameTextures {
-    generation: u64,
+    /// Generations of the pixels in the two textures (0: none yet).
+    original_generation: u64,
+    reconstruction_generation: u64,
     size: (u32, u32),
     original: wgpu::Texture,
     reconstruction: wgpu::Texture,
@@ -208,13 +215,6 @@ impl CompareResources {
     }
 
     fn upload(&mut self, device: &wgpu::Device, queue: &wgpu::Queue, pair: &FramePair) {
-        if self
-            .frames
-            .as_ref()
-            .is_some_and(|f| f.generation == pair.generation)
-        {
-            return;
-        }
         let size = (pair.width.max(1), pair.height.max(1));
         if self.frames.as_ref().is_none_or(|f| f.size != size) {
             let make = |label| {
@@ -260,7 +260,8 @@ impl CompareResources {
                 ],
             });
             self.frames = Some(FrameTextures {
-                generation: 0,
+                original_generation: 0,
+                reconstruction_generation: 0,
                 size,
                 original,
                 reconstruction,
@@ -295,11 +296,16 @@ impl CompareResources {
                 },
             );
         };
-        write(&frames.original, &pair.original);
-        if let Some(recon) = &pair.reconstruction {
-            write(&frames.reconstruction, recon);
+        if frames.original_generation != pair.original.generation {
+            write(&frames.original, &pair.original.pixels);
+            frames.original_generation = pair.original.generation;
         }
-        frames.generation = pair.generation;
+        if let Some(recon) = &pair.reconstruction {
+            if frames.reconstruction_generation != recon.generation {
+                write(&frames.reconstruction, &recon.pixels);
+                frames.reconstruction_generation = recon.generation;
+            }
+        }
     }
 }
 
@@ -360,4 +366,16 @@ pub fn installed(render_state: Option<&egui_wgpu::RenderState>) -> bool {
             .get::<CompareResources>()
             .is_some()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rgba_from_rgb_adds_an_opaque_alpha_to_every_pixel() {
+        assert_eq!(
+            super::rgba_from_rgb(&[1, 2, 3, 4, 5, 6]),
+            vec![1, 2, 3, 255, 4, 5, 6, 255]
+        );
+        assert!(super::rgba_from_rgb(&[]).is_empty());
+    }
 }
