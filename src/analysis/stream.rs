@@ -280,8 +280,8 @@ impl FrameSource for MediaInput {
 pub struct WindowStats {
     pub start: usize,
     pub frames: usize,
-    /// Token grid (t, h, w); `None` when tiled.
-    pub grid: Option<(usize, usize, usize)>,
+    /// Token grid (t, h, w); for a tiled window, the untiled grid it stands for.
+    pub grid: (usize, usize, usize),
     pub encode_seconds: f64,
     pub decode_seconds: f64,
 }
@@ -308,9 +308,9 @@ impl ClipAnalysis {
         self.windows.iter().map(|w| w.decode_seconds).sum()
     }
 
-    /// Token grid of the first untiled window.
+    /// Token grid of the first window (the untiled grid when tiled).
     pub fn first_grid(&self) -> Option<(usize, usize, usize)> {
-        self.windows.iter().find_map(|w| w.grid)
+        self.windows.first().map(|w| w.grid)
     }
 
     /// What `model`'s tokens of the clip cost per source pixel (see [`bits_per_pixel`]).
@@ -452,9 +452,8 @@ pub fn analyse_with(
             metrics.push(a, b)?;
         }
         for w in &result.windows {
-            let grid = w.tokens.as_ref().map(Tokens::grid);
             // A tiled window has no single grid: count the untiled one it stands for.
-            let (t, h, gw) = grid.unwrap_or_else(|| {
+            let grid = w.tokens.as_ref().map(Tokens::grid).unwrap_or_else(|| {
                 let p = w.padding;
                 model.config().latent_shape(
                     w.frames + p.frames.0 + p.frames.1,
@@ -462,7 +461,7 @@ pub fn analyse_with(
                     width + p.cols.0 + p.cols.1,
                 )
             });
-            token_positions += t * h * gw;
+            token_positions += grid.0 * grid.1 * grid.2;
             windows.push(WindowStats {
                 start: done + w.start,
                 frames: w.frames,

@@ -148,10 +148,8 @@ fn evaluate(
     };
     let plan = plan::plan_on(&device, &job, args.memory_budget)?;
     if let Some(adjustment) = &plan.adjustment {
-        bar.println(format!(
-            "note: {} × {model_spec}: {adjustment}",
-            input.display()
-        ));
+        // `println` would drop the line when stderr is not a terminal (the bar is hidden then).
+        bar.suspend(|| eprintln!("note: {} × {model_spec}: {adjustment}", input.display()));
     }
     let mut progress = |done: usize, total: Option<usize>| {
         let total = total.map_or_else(|| "?".to_string(), |t| t.to_string());
@@ -398,7 +396,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             // The reader's warnings are the same for every model: say them once.
             if index == 0 {
                 for warning in source.warnings() {
-                    bar.println(format!("warning: {}: {warning}", input.display()));
+                    bar.suspend(|| eprintln!("warning: {}: {warning}", input.display()));
                 }
             }
             match run {

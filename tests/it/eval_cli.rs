@@ -214,13 +214,13 @@ fn eval_without_models_uses_the_shipped_ones_or_says_what_to_do() {
     }
 }
 
-/// Runs `eval` with the JSON output and returns its one row.
+/// Runs `eval` with the JSON output and returns its one row and what it wrote to stderr.
 fn eval_row(
     input: &std::path::Path,
     model: &str,
     extra: &[&str],
     json: &std::path::Path,
-) -> serde_json::Value {
+) -> (serde_json::Value, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_tokenscope"))
         .arg("eval")
         .arg(input)
@@ -235,7 +235,7 @@ fn eval_row(
     assert!(output.status.success(), "{stdout}\n{stderr}");
     let rows: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
-    rows[0].clone()
+    (rows[0].clone(), stderr.into_owned())
 }
 
 /// A 1080p clip under a small `--memory-budget`: the planner tiles, the process's peak stays
@@ -249,17 +249,24 @@ fn eval_under_a_small_memory_budget_tiles_and_stays_within_it() {
     stripes(&input, 3, 1080, 1920);
     let model = model_dir("CI8x8-tiny");
     let model = model.to_str().unwrap();
-    let whole = eval_row(&input, model, &[], &dir.join("whole.json"));
+    let (whole, said) = eval_row(&input, model, &[], &dir.join("whole.json"));
     assert!(whole["tiling"].is_null(), "{whole}");
+    assert!(!said.contains("note:"), "{said}");
     let estimate = whole["estimated_peak_bytes"].as_f64().unwrap();
     let budget = (0.7 * estimate) as u64;
-    let tiled = eval_row(
+    let (tiled, said) = eval_row(
         &input,
         model,
         &["--memory-budget", &budget.to_string()],
         &dir.join("tiled.json"),
     );
     assert!(tiled["tiling"].as_u64().is_some(), "{tiled}");
+    // The one-line note says so even when stderr is not a terminal (a log, CI).
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("note: ") && l.contains("tiles")),
+        "{said}"
+    );
     let peak = tiled["peak_rss_bytes"].as_f64().unwrap();
     assert!(
         peak <= 1.2 * budget as f64,
@@ -267,6 +274,9 @@ fn eval_under_a_small_memory_budget_tiles_and_stays_within_it() {
     );
     assert!(tiled["estimated_peak_bytes"].as_f64().unwrap() <= budget as f64);
     assert_eq!(tiled["frames"], 3);
+    // Tiles stand for the untiled latent grid: the same shape and token count.
+    assert_eq!(tiled["latent_shape"], whole["latent_shape"], "{tiled}");
+    assert_eq!(tiled["tokens_per_frame"], whole["tokens_per_frame"]);
     let (a, b) = (
         whole["psnr_clip"].as_f64().unwrap(),
         tiled["psnr_clip"].as_f64().unwrap(),
@@ -303,7 +313,7 @@ fn eval_peak_memory_does_not_grow_with_the_clip() {
     for frames in [34, 153] {
         let input = dir.join(format!("clip{frames}.mkv"));
         stripes(&input, frames, 352, 640);
-        let row = eval_row(&input, model, &[], &dir.join(format!("row{frames}.json")));
+        let (row, _) = eval_row(&input, model, &[], &dir.join(format!("row{frames}.json")));
         assert_eq!(row["frames"], frames);
         assert_eq!(row["windows"], frames / 17);
         peaks.push(row["peak_rss_bytes"].as_f64().unwrap());
