@@ -39,7 +39,8 @@ pub struct TrainArgs {
     /// Output folder. Running again with the same folder resumes from its last checkpoint.
     #[arg(long, short = 'o')]
     output: PathBuf,
-    /// Model name written to config.json and the model card (default: tokenscope-nano-<variant>).
+    /// Model name written to config.json and the model card (default: tokenscope-nano-<variant>,
+    /// or tokenscope-<variant>-width<channels> for a --width file).
     #[arg(long)]
     name: Option<String>,
     /// Total optimiser steps (a resumed run continues up to this number).
@@ -229,7 +230,10 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         name: args
             .name
             .clone()
-            .unwrap_or_else(|| format!("tokenscope-nano-{variant}")),
+            .unwrap_or_else(|| match args.width.as_str() {
+                "nano" => format!("tokenscope-nano-{variant}"),
+                _ => format!("tokenscope-{variant}-width{}", network.channels),
+            }),
         variant,
         config: network,
         steps: args.steps,

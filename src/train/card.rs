@@ -20,13 +20,21 @@ pub fn model_card(state: &TrainState) -> String {
     let c = &s.config;
     let mut out = String::new();
     let _ = writeln!(out, "# {}\n", s.name);
+    let official_width = crate::tokenizer::config::find_variant(&s.variant)
+        .map(|v| v.config.channels)
+        .unwrap_or(c.channels);
+    let (kind, width) = if c.channels < official_width {
+        ("A **Tokenscope nano model**", "at a much smaller width")
+    } else {
+        ("A **model trained by Tokenscope**", "at the official width")
+    };
     let _ = writeln!(
         out,
-        "A **Tokenscope nano model**, not an NVIDIA release: a {} tokenizer with the architecture of \
-         Cosmos {} (the same modules and key names, so every Tokenscope command loads it), at a \
-         much smaller width, trained by `tokenscope train` on a few freely licensed clips and photos. \
-         It exists so that demos, tests and screenshots show meaningful reconstructions without \
-         downloading NVIDIA's checkpoints; judge Cosmos itself with the official weights.\n",
+        "{kind}, not an NVIDIA release: a {} tokenizer with the architecture of Cosmos {} (the \
+         same modules and key names, so every Tokenscope command loads it), {width}, trained by \
+         `tokenscope train` on a few freely licensed clips and photos. It exists so that demos, \
+         tests and screenshots show meaningful reconstructions without downloading NVIDIA's \
+         checkpoints; judge Cosmos itself with the official weights.\n",
         c.family.describe(),
         s.variant
     );
