@@ -60,7 +60,10 @@ fn token_time_axis(name: &str, video: bool) -> usize {
 }
 
 /// The tokens of every window, concatenated along time (video) or batch (images).
-fn tokens_tensors(windows: &[Tokens], video: bool) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
+/// Tensors to write, by name.
+type NamedTensors = Vec<(&'static str, Tensor)>;
+
+fn tokens_tensors(windows: &[Tokens], video: bool) -> anyhow::Result<NamedTensors> {
     let mut latents = Vec::new();
     let mut indices = Vec::new();
     let mut codes = Vec::new();
@@ -129,6 +132,65 @@ fn media_metadata(
             format!("tokenscope {}", env!("CARGO_PKG_VERSION")),
         ),
     ]))
+}
+
+/// What a token file keeps of each window while `encode` or `reconstruct` streams a clip: its
+/// tokens (small) and where it sits in the clip; [`TokenFile::finish`] turns them into the file's
+/// tensors and metadata.
+#[derive(Default)]
+struct TokenFile {
+    records: Vec<WindowRecord>,
+    tokens: Vec<Tokens>,
+}
+
+impl TokenFile {
+    fn push(&mut self, start: usize, frames: usize, padding: Padding, tokens: Tokens) {
+        self.records.push(WindowRecord {
+            start,
+            frames,
+            token_frames: tokens.grid().0,
+            padding: padding_array(padding),
+        });
+        self.tokens.push(tokens);
+    }
+
+    /// The token tensors and the metadata of a file holding `frames` frames of `input`, after
+    /// reporting what the reader warned about.
+    fn finish(
+        self,
+        loaded: &LoadedModel,
+        input: &Path,
+        source: &stream::MediaInput,
+        frames: usize,
+    ) -> anyhow::Result<(NamedTensors, HashMap<String, String>)> {
+        report_warnings(input, source);
+        let video = loaded.tokenizer.config().family.is_video();
+        let tensors = tokens_tensors(&self.tokens, video)?;
+        let (width, height) = source.size();
+        let facts = SourceFacts {
+            source: input,
+            first_frame: 0,
+            stride: 1,
+            frames,
+            width,
+            height,
+            fps: source.fps(),
+        };
+        let metadata = media_metadata(loaded, &facts, &self.records)?;
+        Ok((tensors, metadata))
+    }
+}
+
+fn report_warnings(input: &Path, source: &stream::MediaInput) {
+    for warning in source.warnings() {
+        eprintln!("warning: {}: {warning}", input.display());
+    }
+}
+
+fn print_tensor_listing(tensors: &NamedTensors) {
+    for (name, t) in tensors {
+        println!("{name}: {:?} {:?}", t.dims(), t.dtype());
+    }
 }
 
 /// How `encode`/`reconstruct` run on media.
@@ -270,13 +332,10 @@ fn encode_streamed(
     options: MediaRunOptions,
 ) -> anyhow::Result<()> {
     let model = &loaded.tokenizer;
-    let video = model.config().family.is_video();
     // Tokens of a clip need every window whole: no tiles, and nothing kept but the tokens.
     let (mut source, plan, expected) = open_planned(model, input, output, options, &|_| 0, false)?;
-    let (width, height) = source.size();
     let started = std::time::Instant::now();
-    let mut records = Vec::new();
-    let mut all_tokens = Vec::new();
+    let mut file = TokenFile::default();
     let never = std::sync::atomic::AtomicBool::new(false);
     let frames = stream::encode_with(
         model,
@@ -285,35 +344,15 @@ fn encode_streamed(
         &never,
         &mut |done, total| eprint!("\rframe {done}/{}", total.unwrap_or(expected)),
         &mut |window| {
-            records.push(WindowRecord {
-                start: window.start,
-                frames: window.frames,
-                token_frames: window.tokens.grid().0,
-                padding: padding_array(window.padding),
-            });
-            all_tokens.push(window.tokens);
+            file.push(window.start, window.frames, window.padding, window.tokens);
             Ok(())
         },
     )?;
     eprintln!(" done in {:.2} s", started.elapsed().as_secs_f64());
-    for warning in source.warnings() {
-        eprintln!("warning: {}: {warning}", input.display());
-    }
-    let tensors = tokens_tensors(&all_tokens, video)?;
+    let (tensors, metadata) = file.finish(loaded, input, &source, frames)?;
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
-    let facts = SourceFacts {
-        source: input,
-        first_frame: 0,
-        stride: 1,
-        frames,
-        width,
-        height,
-        fps: source.fps(),
-    };
-    save_safetensors(output, &refs, media_metadata(loaded, &facts, &records)?)?;
-    for (name, t) in &tensors {
-        println!("{name}: {:?} {:?}", t.dims(), t.dtype());
-    }
+    save_safetensors(output, &refs, metadata)?;
+    print_tensor_listing(&tensors);
     println!("wrote {}", output.display());
     Ok(())
 }
@@ -329,26 +368,18 @@ fn reconstruct_tensors_streamed(
     options: MediaRunOptions,
 ) -> anyhow::Result<()> {
     let model = &loaded.tokenizer;
-    let video = model.config().family.is_video();
     // Tokens of a clip need every window whole: no tiles.
     let (mut source, plan, expected) = open_planned(model, input, output, options, &|_| 0, false)?;
     let (width, height) = source.size();
     let started = std::time::Instant::now();
     let mut spool = crate::io::SpooledTensor::create(output)?;
-    let mut records = Vec::new();
-    let mut all_tokens = Vec::new();
+    let mut file = TokenFile::default();
     let mut keep = |window: stream::FinishedWindow<'_>| -> Result<(), stream::AnalysisError> {
         for w in window.run.windows {
             let tokens = w.tokens.ok_or_else(|| {
                 stream::AnalysisError::Source("a tiled window has no tokens to write".into())
             })?;
-            records.push(WindowRecord {
-                start: window.start + w.start,
-                frames: w.frames,
-                token_frames: tokens.grid().0,
-                padding: padding_array(w.padding),
-            });
-            all_tokens.push(tokens);
+            file.push(window.start + w.start, w.frames, w.padding, tokens);
         }
         spool.append(&window.run.reconstruction.data)?;
         Ok(())
@@ -360,30 +391,16 @@ fn reconstruct_tensors_streamed(
     let measured =
         stream::analyse_with(model, &mut source, &plan, &never, &mut progress, &mut keep)?;
     eprintln!(" done in {:.2} s", started.elapsed().as_secs_f64());
-    for warning in source.warnings() {
-        eprintln!("warning: {}: {warning}", input.display());
-    }
-    let tensors = tokens_tensors(&all_tokens, video)?;
+    let (tensors, metadata) = file.finish(loaded, input, &source, measured.frames)?;
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
-    let facts = SourceFacts {
-        source: input,
-        first_frame: 0,
-        stride: 1,
-        frames: measured.frames,
-        width,
-        height,
-        fps: source.fps(),
-    };
     let shape = [measured.frames, height, width, 3];
     crate::io::save_safetensors_spooled(
         output,
         &refs,
         ("reconstruction_rgb", safetensors::Dtype::U8, &shape, spool),
-        media_metadata(loaded, &facts, &records)?,
+        metadata,
     )?;
-    for (name, t) in &tensors {
-        println!("{name}: {:?} {:?}", t.dims(), t.dtype());
-    }
+    print_tensor_listing(&tensors);
     println!("reconstruction_rgb: {shape:?} U8");
     println!(
         "wrote {} (clip PSNR {:.2} dB, SSIM {:.4})",
@@ -476,9 +493,7 @@ fn reconstruct_streamed(
     let measured =
         stream::analyse_with(model, &mut source, &plan, &never, &mut progress, &mut keep)?;
     eprintln!(" done in {:.2} s", started.elapsed().as_secs_f64());
-    for warning in source.warnings() {
-        eprintln!("warning: {}: {warning}", input.display());
-    }
+    report_warnings(input, &source);
     let writer = writer.ok_or_else(|| anyhow::anyhow!("`{}` gave no frames", input.display()))?;
     let written = writer.finish()?;
     for note in &written.notes {
