@@ -26,8 +26,8 @@ pub struct TrainArgs {
     /// The released variant whose architecture to train (CI8x8, DV8x16x16, CV4x8x8, ...).
     #[arg(long)]
     variant: String,
-    /// `nano` (base width 16 for video, 32 for image networks, one residual block per level) or a
-    /// JSON config file.
+    /// `nano` (32 channels at the highest resolution, the official multipliers halved for video
+    /// networks, one residual block per level) or a JSON config file.
     #[arg(long, default_value = "nano")]
     width: String,
     /// Images, videos or folders of them; `clip.mp4@80-` or `clip.mp4@0-120` takes a frame range.
@@ -120,13 +120,29 @@ pub struct TrainArgs {
     compute: ComputeArgs,
 }
 
-/// The nano width of a released architecture: one residual block per level, base width 16 for
-/// video networks (GroupNorm(1) per frame) and 32 for image networks (GroupNorm(32) needs it).
+/// The nano width of a released architecture: one residual block per level, 32 channels at the
+/// highest resolution (GroupNorm(32) of the image networks needs 32). The video networks keep
+/// those 32 from `conv_in` on (base 32, the official multipliers halved: 32, 64, 64 for
+/// `[2, 4, 4]`): a base of 16 squeezed the 192 Haar channels of a video patch into 16 and lost
+/// the colour of textured regions.
 pub fn nano_config(base: &NetworkConfig) -> NetworkConfig {
-    NetworkConfig {
-        channels: if base.family.is_video() { 16 } else { 32 },
-        num_res_blocks: 1,
-        ..base.clone()
+    let halve = |mult: &[usize]| -> Option<Vec<usize>> {
+        mult.iter().map(|m| (m % 2 == 0).then_some(m / 2)).collect()
+    };
+    let video_mults = halve(&base.channels_mult).zip(halve(&base.decoder_channels_mult));
+    match video_mults {
+        Some((channels_mult, decoder_channels_mult)) if base.family.is_video() => NetworkConfig {
+            channels: 32,
+            channels_mult,
+            decoder_channels_mult,
+            num_res_blocks: 1,
+            ..base.clone()
+        },
+        _ => NetworkConfig {
+            channels: if base.family.is_video() { 16 } else { 32 },
+            num_res_blocks: 1,
+            ..base.clone()
+        },
     }
 }
 
@@ -404,5 +420,41 @@ fn eta(seconds: f64) -> String {
         format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
     } else {
         format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::config::all_variants;
+
+    /// Every nano network starts with 32 channels (a video patch has 192 Haar channels; 16 lost
+    /// colour), keeps the official levels at a fixed fraction of their width, and has one
+    /// residual block per level.
+    #[test]
+    fn nano_networks_keep_32_channels_at_the_highest_resolution() {
+        for variant in all_variants() {
+            let official = &variant.config;
+            let nano = nano_config(official);
+            assert_eq!(nano.channels, 32, "{}", variant.name);
+            assert_eq!(nano.num_res_blocks, 1, "{}", variant.name);
+            assert_eq!(
+                nano.channels_mult.len(),
+                official.channels_mult.len(),
+                "{}",
+                variant.name
+            );
+            // Levels are an eighth of the official width (video) or a quarter (image).
+            let shrink = if official.family.is_video() { 8 } else { 4 };
+            for (n, o) in nano.channels_mult.iter().zip(&official.channels_mult) {
+                assert_eq!(
+                    n * nano.channels * shrink,
+                    o * official.channels,
+                    "{}",
+                    variant.name
+                );
+            }
+            assert!(nano.check().is_ok(), "{}", variant.name);
+        }
     }
 }
