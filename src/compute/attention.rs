@@ -10,6 +10,7 @@
 //!   two strided GEMMs (scores, then values) with f32 accumulation.
 //! - Everything else (CUDA, half precision, training): [`attention_ops`], the same recurrence in
 //!   candle ops over query chunks and key blocks, so it runs on any device and keeps gradients.
+//!   (Under autograd the materialised form's softmax is composed of candle ops for the same reason.)
 //!
 //! Small problems (S at most one block) take the materialised form: it is exact, fits in a block
 //! anyway, and keeps the reference parity bit for bit.
@@ -71,6 +72,11 @@ pub fn attention_materialised(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) 
 /// Softmax over the last axis, computed in f32 for half-precision inputs.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
+    if x.track_op() {
+        // candle_nn's fused softmax has no backward (autograd silently stops there, so q and k
+        // never trained): under autograd, the composed form, whose gradient candle derives.
+        return candle_nn::ops::softmax(&x.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dtype);
+    }
     if matches!(dtype, DType::BF16 | DType::F16) {
         candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)
     } else {
