@@ -193,11 +193,17 @@ impl HybridDownsample {
         let mut x = x.clone();
         if let Some(conv) = &self.spatial {
             let (b, t, c, h, w) = x.dims5()?;
-            let padded = x
-                .reshape((b * t, c, h, w))?
-                .pad_with_zeros(3, 0, 1)?
-                .pad_with_zeros(2, 0, 1)?;
-            let pooled = padded.avg_pool2d(2)?;
+            let frames = x.reshape((b * t, c, h, w))?;
+            let padded = frames.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
+            // For even sizes (always, after the wrapper's padding) no pooling window reaches the
+            // pad, so pooling the unpadded frames gives the same values, and a gradient candle
+            // gets right: its average-pool backward upsamples to the input's size, which
+            // misplaces every gradient for the odd size of the padded frames.
+            let pooled = if h % 2 == 0 && w % 2 == 0 {
+                frames.avg_pool2d(2)?
+            } else {
+                padded.avg_pool2d(2)?
+            };
             let y = (conv.forward(&padded)? + pooled)?;
             let (_, _, ho, wo) = y.dims4()?;
             x = y.reshape((b, t, c, ho, wo))?;
