@@ -114,3 +114,78 @@ fn gram_matrix_backward_matches_finite_differences() {
         weighted_sum(&vgg::gram(x).unwrap(), 19)
     });
 }
+
+/// The gradient the trainer steps on, for a whole network: autograd through `autoencode` (the
+/// inference forward with the hand-written kernels' backward) against central differences of
+/// the same forward, at elements of every parameter tensor.
+fn check_whole_network(variant: &str, channels: usize, input_shape: &[usize]) {
+    use tokenscope::tokenizer::config::find_variant;
+    use tokenscope::tokenizer::NetworkConfig;
+    use tokenscope::train::params::Parameters;
+    let config = NetworkConfig {
+        channels,
+        num_res_blocks: 1,
+        ..find_variant(variant).unwrap().config
+    };
+    let params = Parameters::initialised(&config, 3, &Device::Cpu).unwrap();
+    let n: usize = input_shape.iter().product();
+    let x = Tensor::from_vec(values(n, 21), input_shape, &Device::Cpu).unwrap();
+    let loss = |params: &Parameters| -> Tensor {
+        let model = params.tokenizer(&config).unwrap();
+        weighted_sum(&model.autoencode(&x).unwrap(), 22)
+    };
+    let grads = loss(&params).backward().unwrap();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (name, var) in params.iter() {
+        let Some(grad) = grads.get(var.as_tensor()) else {
+            failures.push(format!("{name}: no gradient"));
+            continue;
+        };
+        let grad = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let original = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let count = original.len();
+        for i in [0, count / 2, count - 1] {
+            let at = |delta: f32| -> f64 {
+                let mut v = original.clone();
+                v[i] += delta;
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                f64::from(loss(&params).to_scalar::<f32>().unwrap())
+            };
+            let eps = 1e-2f32;
+            let numeric = (at(eps) - at(-eps)) / (2.0 * f64::from(eps));
+            var.set(&Tensor::from_vec(original.clone(), var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            let got = f64::from(grad[i]);
+            checked += 1;
+            if (got - numeric).abs() > 3e-2 * (1.0 + numeric.abs()) {
+                failures.push(format!(
+                    "{name}[{i}]: autograd {got:.5}, finite differences {numeric:.5}"
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{variant}: {} of {checked} gradients disagree:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn video_network_gradient_matches_finite_differences() {
+    // CV8x8x8: both resamplers are hybrid in space and time.
+    check_whole_network("CV8x8x8", 8, &[1, 3, 9, 16, 16]);
+}
+
+#[test]
+fn image_network_gradient_matches_finite_differences() {
+    check_whole_network("CI8x8", 32, &[1, 3, 16, 16]);
+}
