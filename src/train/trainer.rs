@@ -202,7 +202,8 @@ fn machine_description() -> String {
     // The kernels' pool (RAYON_NUM_THREADS), not the machine's cores: runs side by side each
     // take a share.
     let threads = rayon::current_num_threads();
-    format!("{cpu}, {threads} threads, CPU f32")
+    let plural = if threads == 1 { "" } else { "s" };
+    format!("{cpu}, {threads} thread{plural}, CPU f32")
 }
 
 fn read_state(out_dir: &Path) -> Result<Option<(TrainState, HashMap<String, Tensor>)>> {
