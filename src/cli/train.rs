@@ -126,22 +126,30 @@ pub struct TrainArgs {
 /// `[2, 4, 4]`): a base of 16 squeezed the 192 Haar channels of a video patch into 16 and lost
 /// the colour of textured regions.
 pub fn nano_config(base: &NetworkConfig) -> NetworkConfig {
+    let nano = NetworkConfig {
+        channels: 32,
+        num_res_blocks: 1,
+        ..base.clone()
+    };
+    if !base.family.is_video() {
+        return nano;
+    }
     let halve = |mult: &[usize]| -> Option<Vec<usize>> {
         mult.iter().map(|m| (m % 2 == 0).then_some(m / 2)).collect()
     };
-    let video_mults = halve(&base.channels_mult).zip(halve(&base.decoder_channels_mult));
-    match video_mults {
-        Some((channels_mult, decoder_channels_mult)) if base.family.is_video() => NetworkConfig {
-            channels: 32,
+    match (
+        halve(&base.channels_mult),
+        halve(&base.decoder_channels_mult),
+    ) {
+        (Some(channels_mult), Some(decoder_channels_mult)) => NetworkConfig {
             channels_mult,
             decoder_channels_mult,
-            num_res_blocks: 1,
-            ..base.clone()
+            ..nano
         },
+        // An odd multiplier cannot be halved: the same level widths from a base of 16.
         _ => NetworkConfig {
-            channels: if base.family.is_video() { 16 } else { 32 },
-            num_res_blocks: 1,
-            ..base.clone()
+            channels: 16,
+            ..nano
         },
     }
 }
