@@ -97,6 +97,10 @@ pub struct TrainArgs {
     /// texture terms; without them those terms are off and the run says so.
     #[arg(long)]
     vgg19: Option<PathBuf>,
+    /// Weight of a chroma L1 term (the error minus its mean over R, G, B); footage of muted
+    /// colours otherwise trains luminance first and colour thousands of steps later. 0 for none.
+    #[arg(long, default_value_t = 0.0)]
+    chroma_weight: f64,
     /// Override the recipe's term weights.
     #[arg(long)]
     perceptual_weight: Option<f64>,
@@ -188,6 +192,7 @@ fn loss_weights(args: &TrainArgs) -> LossWeights {
         Recipe::Stage1 => LossWeights::default(),
         Recipe::Stage2 => LossWeights::stage2(args.steps),
     };
+    weights.chroma = args.chroma_weight;
     if let Some(w) = args.perceptual_weight {
         weights.perceptual = w;
     }

@@ -88,7 +88,12 @@ pub fn model_card(state: &TrainState) -> String {
     let _ = writeln!(out, "## Recipe\n");
     let _ = writeln!(
         out,
-        "- Loss (the Cosmos recipe): {}.",
+        "- Loss ({}): {}.",
+        if s.losses.chroma > 0.0 {
+            "the Cosmos recipe plus Tokenscope's chroma term"
+        } else {
+            "the Cosmos recipe"
+        },
         s.losses.describe(s.vgg19.is_some())
     );
     if c.family.is_discrete() {

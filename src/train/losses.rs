@@ -1,7 +1,8 @@
 //! The loss of the Cosmos recipe. Stage 1: L1 pixel loss plus a VGG-19 perceptual term. Stage 2
 //! adds optical-flow consistency and a Gram-matrix texture term, and late in training an
 //! adversarial term from a patch discriminator. Terms that need VGG-19 weights are off without
-//! them.
+//! them. Tokenscope adds an optional chroma term (not in the Cosmos recipe) for small models trained
+//! on footage of muted colours.
 
 use candle_core::Tensor;
 
@@ -13,6 +14,10 @@ use super::{flow, Result};
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossWeights {
     pub l1: f64,
+    /// L1 of the chroma error (the error minus its mean over the colour channels): on footage of
+    /// muted colours plain L1 learns luminance first and colour thousands of steps later.
+    #[serde(default)]
+    pub chroma: f64,
     #[serde(default)]
     pub perceptual: f64,
     #[serde(default)]
@@ -31,6 +36,7 @@ impl Default for LossWeights {
     fn default() -> Self {
         Self {
             l1: 1.0,
+            chroma: 0.0,
             perceptual: 0.1,
             gram: 0.0,
             flow: 0.0,
@@ -45,6 +51,7 @@ impl LossWeights {
     pub fn stage2(total_steps: usize) -> Self {
         Self {
             l1: 1.0,
+            chroma: 0.0,
             perceptual: 0.1,
             gram: 0.1,
             flow: 0.2,
@@ -64,6 +71,9 @@ impl LossWeights {
     /// A readable list of the enabled terms.
     pub fn describe(&self, with_vgg: bool) -> String {
         let mut terms = vec![format!("L1 x{}", self.l1)];
+        if self.chroma > 0.0 {
+            terms.push(format!("chroma L1 x{}", self.chroma));
+        }
         let vgg_state = |w: f64, name: &str| {
             if w <= 0.0 {
                 None
@@ -93,6 +103,8 @@ impl LossWeights {
 pub struct LossParts {
     pub l1: f64,
     #[serde(default)]
+    pub chroma: f64,
+    #[serde(default)]
     pub perceptual: f64,
     #[serde(default)]
     pub gram: f64,
@@ -118,6 +130,14 @@ pub fn l1(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     (x - y)?.abs()?.mean_all()
 }
 
+/// Mean absolute chroma error: the error with its mean over the colour channels (dimension 1 of
+/// (B, 3, H, W) and (B, 3, T, H, W)) removed, so a pure brightness error costs nothing here.
+pub fn chroma_l1(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    let error = (x - y)?;
+    let grey = error.mean_keepdim(1)?;
+    error.broadcast_sub(&grey)?.abs()?.mean_all()
+}
+
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(f64::from(
         t.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?,
@@ -135,6 +155,11 @@ pub fn total_loss(
     let l1_term = l1(input, reconstruction)?;
     parts.l1 = scalar(&l1_term)?;
     let mut total = (&l1_term * weights.l1)?;
+    if weights.chroma > 0.0 {
+        let term = chroma_l1(input, reconstruction)?;
+        parts.chroma = scalar(&term)?;
+        total = (total + (term * weights.chroma)?)?;
+    }
     if let (Some(net), true) = (context.vgg, weights.needs_vgg()) {
         let real = net.features(&discriminator::frames_of(input)?)?;
         let fake = net.features(&discriminator::frames_of(reconstruction)?)?;
@@ -162,4 +187,37 @@ pub fn total_loss(
     }
     parts.total = scalar(&total)?;
     Ok((total, parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn chroma_l1_ignores_brightness_errors_and_measures_colour_errors() {
+        let device = Device::Cpu;
+        let input = Tensor::zeros((1, 3, 2, 2), candle_core::DType::F32, &device).unwrap();
+        // Brighter by 0.3 in every channel: no colour error.
+        let brighter = (&input + 0.3).unwrap();
+        let brightness = chroma_l1(&input, &brighter).unwrap();
+        assert!(brightness.to_scalar::<f32>().unwrap().abs() < 1e-7);
+        // Red up by 0.3 only: the chroma error is (0.2, -0.1, -0.1), mean absolute 0.4 / 3.
+        let mut reddish = vec![0f32; 12];
+        reddish[..4].fill(0.3);
+        let reddish = Tensor::from_vec(reddish, (1, 3, 2, 2), &device).unwrap();
+        let colour = chroma_l1(&input, &reddish)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((colour - 0.4 / 3.0).abs() < 1e-6, "{colour}");
+        // The same on video batches (B, 3, T, H, W).
+        let video = reddish.unsqueeze(2).unwrap();
+        let zeros = video.zeros_like().unwrap();
+        let colour = chroma_l1(&zeros, &video)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((colour - 0.4 / 3.0).abs() < 1e-6, "{colour}");
+    }
 }

@@ -246,10 +246,19 @@ fn the_train_command_writes_a_loadable_model_and_names_bad_input() {
         "2",
         "--max-side",
         "96",
+        "--chroma-weight",
+        "2",
     ]);
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success(), "{stderr}");
     assert!(stderr.contains("val PSNR"), "{stderr}");
+    // The chroma term is on, logged, and the card does not pass it off as the Cosmos recipe.
+    assert!(stderr.contains("chroma L1 x2"), "{stderr}");
+    let card = std::fs::read_to_string(out.join("MODEL_CARD.md")).unwrap();
+    assert!(
+        card.contains("the Cosmos recipe plus Tokenscope's chroma term"),
+        "{card}"
+    );
     let info = run(&["info", "-m", out.to_str().unwrap()]);
     assert!(
         info.status.success(),
