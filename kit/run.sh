@@ -9,6 +9,7 @@
 #   KIT_TRAIN_VARIANTS  variants trained side by side on the GPU  (default "CV8x8x8")
 #   KIT_TRAIN_SECONDS   wall-clock seconds of training per variant (default 120)
 #   KIT_TRAIN_ARGS      extra `tokenscope train` arguments
+#   KIT_CHROMA_WEIGHT   `train --chroma-weight` (default 2: without it the nanos learn colour last)
 #   KIT_BENCH_RUNS      timed runs per benchmark                   (default 3)
 #   KIT_SKIP            step names to skip, space-separated (facts cpu-smoke parity-f32
 #                       parity-bf16 bench train)
@@ -188,7 +189,8 @@ train_gpu() {
     for variant in ${KIT_TRAIN_VARIANTS:-CV8x8x8}; do
         "$CLI" train --device cuda --variant "$variant" --data "$DATA"/*.safetensors \
             -o "$RESULTS/train-$variant" --time-limit "$seconds" --save-dtype f16 \
-            --validate-every 250 --checkpoint-every 1000 --log-every 50 "${extra[@]}" \
+            --validate-every 250 --checkpoint-every 1000 --log-every 50 \
+            --chroma-weight "${KIT_CHROMA_WEIGHT:-2}" "${extra[@]}" \
             >"$RESULTS/train-$variant.log" 2>&1 &
         pids+=($!)
     done
