@@ -125,19 +125,16 @@ pub struct TrainArgs {
 }
 
 /// The nano width of a released architecture: one residual block per level, 32 channels at the
-/// highest resolution (GroupNorm(32) of the image networks needs 32). The video networks keep
-/// those 32 from `conv_in` on (base 32, the official multipliers halved: 32, 64, 64 for
-/// `[2, 4, 4]`): a base of 16 squeezed the 192 Haar channels of a video patch into 16 and lost
-/// the colour of textured regions.
+/// highest resolution (GroupNorm(32) needs 32, and a video patch has 192 Haar channels: a base of
+/// 16 lost the colour of textured regions) and the official multipliers halved (32, 64, 64 for
+/// `[2, 4, 4]`), the width of every shipped nano model. An official base of 128 with `[2, 4, 4]`
+/// would be 7-8 MB in f16, over the 4 MB a shipped model may take.
 pub fn nano_config(base: &NetworkConfig) -> NetworkConfig {
     let nano = NetworkConfig {
         channels: 32,
         num_res_blocks: 1,
         ..base.clone()
     };
-    if !base.family.is_video() {
-        return nano;
-    }
     let halve = |mult: &[usize]| -> Option<Vec<usize>> {
         mult.iter().map(|m| (m % 2 == 0).then_some(m / 2)).collect()
     };
@@ -457,8 +454,8 @@ mod tests {
                 "{}",
                 variant.name
             );
-            // Levels are an eighth of the official width (video) or a quarter (image).
-            let shrink = if official.family.is_video() { 8 } else { 4 };
+            // Levels are an eighth of the official width, as in every shipped nano model.
+            let shrink = 8;
             for (n, o) in nano.channels_mult.iter().zip(&official.channels_mult) {
                 assert_eq!(
                     n * nano.channels * shrink,
@@ -469,5 +466,26 @@ mod tests {
             }
             assert!(nano.check().is_ok(), "{}", variant.name);
         }
+    }
+
+    /// `train --width nano` (the default) builds the architecture of every shipped nano model, so
+    /// that continuing one with `--init` needs no `--width` file and loads every tensor.
+    #[test]
+    fn default_nano_width_is_the_width_of_the_shipped_models() {
+        let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&models).expect("assets/models") {
+            let dir = entry.expect("entry").path();
+            let text = std::fs::read_to_string(dir.join("config.json")).expect("config.json");
+            let card: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+            let mirrored = card["mirrors_official_variant"]
+                .as_str()
+                .expect("variant name");
+            let variant = config::find_variant(mirrored).expect("a released variant");
+            let shipped = config::config_from_json(&text).expect("network config");
+            assert_eq!(nano_config(&variant.config), shipped, "{}", dir.display());
+            checked += 1;
+        }
+        assert!(checked >= 4, "only {checked} shipped models");
     }
 }
