@@ -472,20 +472,17 @@ mod tests {
     /// that continuing one with `--init` needs no `--width` file and loads every tensor.
     #[test]
     fn default_nano_width_is_the_width_of_the_shipped_models() {
-        let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models");
-        let mut checked = 0;
-        for entry in std::fs::read_dir(&models).expect("assets/models") {
-            let dir = entry.expect("entry").path();
+        let shipped = crate::shipped::trained_models(&crate::shipped::project_root());
+        assert!(shipped.len() >= 4, "only {} shipped models", shipped.len());
+        for dir in &shipped {
             let text = std::fs::read_to_string(dir.join("config.json")).expect("config.json");
             let card: serde_json::Value = serde_json::from_str(&text).expect("JSON");
             let mirrored = card["mirrors_official_variant"]
                 .as_str()
                 .expect("variant name");
             let variant = config::find_variant(mirrored).expect("a released variant");
-            let shipped = config::config_from_json(&text).expect("network config");
-            assert_eq!(nano_config(&variant.config), shipped, "{}", dir.display());
-            checked += 1;
+            let network = config::config_from_json(&text).expect("network config");
+            assert_eq!(nano_config(&variant.config), network, "{}", dir.display());
         }
-        assert!(checked >= 4, "only {checked} shipped models");
     }
 }
