@@ -34,8 +34,14 @@ pub struct TrainArgs {
     #[arg(long, required = true, num_args = 1..)]
     data: Vec<String>,
     /// Fine-tune from this checkpoint (same architecture; mismatched keys start fresh).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "inflate")]
     init: Option<PathBuf>,
+    /// Start a video network from a trained image network of the same width and patch size
+    /// (a CI model for CV, DI for DV): its 2-D kernels become the spatial halves, the temporal
+    /// halves start as identities. The image network's features carry over; a fine-tune adapts
+    /// them to per-frame normalisation and learns the temporal part.
+    #[arg(long)]
+    inflate: Option<PathBuf>,
     /// Output folder. Running again with the same folder resumes from its last checkpoint.
     #[arg(long, short = 'o')]
     output: PathBuf,
@@ -122,6 +128,25 @@ pub struct TrainArgs {
     time_limit: Option<f64>,
     #[command(flatten)]
     compute: ComputeArgs,
+}
+
+/// The start of a video network inflated from the image checkpoint at `path`.
+fn inflated_weights(
+    path: &std::path::Path,
+    network: &NetworkConfig,
+    seed: u64,
+) -> anyhow::Result<std::collections::HashMap<String, candle_core::Tensor>> {
+    let context = || format!("--inflate `{}`", path.display());
+    let image = checkpoint::read_weights(path).with_context(context)?;
+    let fresh = training::params::Parameters::initialised(network, seed, &candle_core::Device::Cpu)
+        .and_then(|p| p.snapshot())
+        .with_context(context)?;
+    let inflation = training::inflate::inflate_image_weights(&image.tensors, network, &fresh)
+        .with_context(context)?;
+    for note in &inflation.notes {
+        eprintln!("  inflate: {note}");
+    }
+    Ok(inflation.weights)
 }
 
 /// The nano width of a released architecture: one residual block per level, 32 channels at the
@@ -244,13 +269,14 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     for source in &dataset.validation {
         eprintln!("  validation: {}", source.label);
     }
-    let init_weights = match &args.init {
-        Some(path) => {
+    let init_weights = match (&args.init, &args.inflate) {
+        (Some(path), _) => {
             let weights = checkpoint::read_weights(path)
                 .with_context(|| format!("--init `{}`", path.display()))?;
             Some(weights.tensors)
         }
-        None => None,
+        (None, Some(path)) => Some(inflated_weights(path, &network, args.seed)?),
+        (None, None) => None,
     };
     let settings = TrainSettings {
         name: args
@@ -282,6 +308,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         losses: loss_weights(args),
         save_dtype: args.save_dtype.clone(),
         init: args.init.clone(),
+        inflated_from: args.inflate.clone(),
         vgg19: args.vgg19.clone(),
     };
     eprintln!(

@@ -150,6 +150,15 @@ pub fn model_card(state: &TrainState) -> String {
     if let Some(init) = &s.init {
         let _ = writeln!(out, "- Fine-tuned from `{}`.", init.display());
     }
+    if let Some(image) = &s.inflated_from {
+        let _ = writeln!(
+            out,
+            "- Started from the image network `{}` inflated to 3-D: its 2-D kernels became the \
+             spatial halves, the temporal halves started as identities, the temporal attention \
+             as a no-op and the temporal resamplers as their pooling paths.",
+            image.display()
+        );
+    }
     let _ = writeln!(
         out,
         "- Trained for {} on {}.\n",

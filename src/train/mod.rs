@@ -5,6 +5,7 @@ pub mod card;
 pub mod data;
 pub mod discriminator;
 pub mod flow;
+pub mod inflate;
 pub mod losses;
 pub mod optim;
 pub mod params;

@@ -76,6 +76,9 @@ pub struct TrainSettings {
     pub save_dtype: String,
     /// Checkpoint the run started from, if fine-tuning.
     pub init: Option<PathBuf>,
+    /// Image checkpoint whose weights were inflated into this video network's start.
+    #[serde(default)]
+    pub inflated_from: Option<PathBuf>,
     /// torchvision VGG-19 weights for the perceptual and texture terms.
     #[serde(default)]
     pub vgg19: Option<PathBuf>,
@@ -647,6 +650,7 @@ mod tests {
             losses: LossWeights::default(),
             save_dtype: "f32".into(),
             init: None,
+            inflated_from: None,
             vgg19: None,
         }
     }

@@ -63,6 +63,7 @@ fn settings(config: NetworkConfig, steps: usize) -> TrainSettings {
         losses: LossWeights::default(),
         save_dtype: "f32".into(),
         init: None,
+        inflated_from: None,
         vgg19: None,
     }
 }
