@@ -293,6 +293,62 @@ fn the_train_command_writes_a_loadable_model_and_names_bad_input() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// `--inflate` starts a video network from a shipped image nano, says so in the log and the
+/// card, and refuses a checkpoint that is not an image network.
+#[test]
+fn the_train_command_inflates_an_image_model_into_a_video_network() {
+    let out = scratch("inflate");
+    let image_model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models/tokenscope-nano-CI8x8");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tokenscope"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let data = format!("{}@0-40", demo().display());
+    let common = [
+        "--data",
+        &data,
+        "--steps",
+        "1",
+        "--batch",
+        "1",
+        "--crop",
+        "64",
+        "--warmup",
+        "1",
+        "--validate-every",
+        "1",
+        "--max-side",
+        "96",
+    ];
+    let mut args = vec!["train", "--variant", "CV4x8x8", "-o", out.to_str().unwrap()];
+    args.extend(common);
+    args.extend(["--inflate", image_model.to_str().unwrap()]);
+    let result = run(&args);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("inflate: the temporal attention"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("initialised fresh"), "{stderr}");
+    let card = std::fs::read_to_string(out.join("MODEL_CARD.md")).unwrap();
+    assert!(card.contains("inflated to 3-D"), "{card}");
+
+    let video_model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models/tokenscope-nano-DV8x8x8");
+    let mut args = vec!["train", "--variant", "DV8x8x8", "-o", "/tmp/never-written"];
+    args.extend(common);
+    args.extend(["--inflate", video_model.to_str().unwrap()]);
+    let refused = run(&args);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("already a video network"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 #[test]
 fn stage_two_adds_flow_and_a_late_adversary_and_resumes_them() {
     let dataset = dataset();
