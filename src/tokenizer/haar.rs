@@ -288,11 +288,12 @@ pub fn tap_from_buffer(buffer: Option<&Tensor>) -> Result<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// Largest absolute element difference (f32 tensors); other modules' tests use it too.
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()

@@ -555,6 +555,7 @@ fn fold_quantiser(
 mod tests {
     use super::*;
     use crate::tokenizer::config::find_variant;
+    use crate::tokenizer::haar::tests::max_abs_diff;
     use crate::tokenizer::haar::{self, HAAR_TAP_F32};
     use crate::train::params::{tokenizer_from_tensors, Parameters};
 
@@ -578,35 +579,19 @@ mod tests {
         Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
     }
 
-    fn inflate(image_variant: &str, video: &NetworkConfig) -> HashMap<String, Tensor> {
-        let image_config = nano(image_variant);
-        let image: HashMap<String, Tensor> =
-            Parameters::initialised(&image_config, 1, &Device::Cpu)
-                .unwrap()
-                .snapshot()
-                .unwrap()
-                .into_iter()
-                .collect();
-        let fresh = Parameters::initialised(video, 2, &Device::Cpu)
+    /// A freshly initialised network's tensors, by name.
+    fn weights(config: &NetworkConfig, seed: u64) -> BTreeMap<String, Tensor> {
+        Parameters::initialised(config, seed, &Device::Cpu)
             .unwrap()
             .snapshot()
-            .unwrap();
-        inflate_image_weights(&image, video, &fresh)
             .unwrap()
-            .weights
     }
 
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+    /// A random image nano of `image_variant`'s family, its weights, and `video` inflated from it.
+    fn inflate(image_variant: &str, video: &NetworkConfig) -> (HashMap<String, Tensor>, Inflation) {
+        let image: HashMap<String, Tensor> = weights(&nano(image_variant), 1).into_iter().collect();
+        let inflated = inflate_image_weights(&image, video, &weights(video, 2)).unwrap();
+        (image, inflated)
     }
 
     /// The 3-D patcher holds a still frame's 2-D Haar bands, unscaled, in the channels
@@ -624,7 +609,7 @@ mod tests {
         for i in 0..48 {
             let v = video_haar_channel(i, 2);
             covered[v] = true;
-            let d = max_difference(
+            let d = max_abs_diff(
                 &bands.narrow(1, i, 1).unwrap(),
                 &video.narrow(1, v, 1).unwrap(),
             );
@@ -677,19 +662,15 @@ mod tests {
     #[test]
     fn an_inflated_video_network_keeps_a_cut_between_still_shots_sharp() {
         let video = nano("CV8x8x8");
-        let (clip, a, b) = cut_and_stills(inflate("CI8x8", &video), &video);
+        let (clip, a, b) = cut_and_stills(inflate("CI8x8", &video).1.weights, &video);
         assert_eq!(clip.dims(), &[1, 3, 17, 32, 32]);
         for t in 0..17 {
             let still = if t < 9 { &a } else { &b };
-            let d = max_difference(&clip.narrow(2, t, 1).unwrap(), still);
+            let d = max_abs_diff(&clip.narrow(2, t, 1).unwrap(), still);
             assert!(d < 1e-4, "frame {t} differs from its still shot by {d}");
         }
-        let fresh = Parameters::initialised(&video, 2, &Device::Cpu)
-            .unwrap()
-            .snapshot()
-            .unwrap();
-        let (clip, _, b) = cut_and_stills(fresh.into_iter().collect(), &video);
-        let d = max_difference(&clip.narrow(2, 12, 1).unwrap(), &b);
+        let (clip, _, b) = cut_and_stills(weights(&video, 2).into_iter().collect(), &video);
+        let d = max_abs_diff(&clip.narrow(2, 12, 1).unwrap(), &b);
         assert!(
             d > 1e-3,
             "a fresh network kept the shot too ({d}): the check proves nothing"
@@ -701,22 +682,9 @@ mod tests {
     /// identity the hybrid upsampler adds, and the Haar channels moved.
     #[test]
     fn inflation_places_the_image_kernels_in_the_spatial_halves() {
-        let image_config = nano("CI8x8");
-        let image: HashMap<String, Tensor> =
-            Parameters::initialised(&image_config, 1, &Device::Cpu)
-                .unwrap()
-                .snapshot()
-                .unwrap()
-                .into_iter()
-                .collect();
-        let video = nano("CV8x8x8");
-        let fresh = Parameters::initialised(&video, 2, &Device::Cpu)
-            .unwrap()
-            .snapshot()
-            .unwrap();
-        let inflated = inflate_image_weights(&image, &video, &fresh).unwrap();
+        let (image, inflated) = inflate("CI8x8", &nano("CV8x8x8"));
         let get = |k: &str| inflated.weights.get(k).unwrap().squeeze(2).unwrap();
-        let d = max_difference(
+        let d = max_abs_diff(
             &get("encoder.down.1.block.0.conv1.0.conv3d.weight"),
             &image["encoder.down.1.block.0.conv1.weight"],
         );
@@ -730,7 +698,7 @@ mod tests {
             p.into_tensor().unwrap()
         };
         let down = (get("encoder.down.0.downsample.conv1.conv3d.weight") + pool).unwrap();
-        assert!(max_difference(&down, &image["encoder.down.0.downsample.conv.weight"]) < 1e-6);
+        assert!(max_abs_diff(&down, &image["encoder.down.0.downsample.conv.weight"]) < 1e-6);
         // Hybrid upsampler (video level 1 runs where the image's level 2 does): conv2 + x.
         let eye = {
             let mut p = Array::zeros(&[64, 64, 3, 3]);
@@ -738,10 +706,10 @@ mod tests {
             p.into_tensor().unwrap()
         };
         let up = (get("decoder.up.1.upsample.conv2.conv3d.weight") + eye).unwrap();
-        assert!(max_difference(&up, &image["decoder.up.2.upsample.conv.weight"]) < 1e-6);
+        assert!(max_abs_diff(&up, &image["decoder.up.2.upsample.conv.weight"]) < 1e-6);
         let conv_in = get("encoder.conv_in.0.conv3d.weight");
         let v = video_haar_channel(5, 2);
-        let d = max_difference(
+        let d = max_abs_diff(
             &conv_in.narrow(1, v, 1).unwrap(),
             &image["encoder.conv_in.weight"].narrow(1, 5, 1).unwrap(),
         );
@@ -762,23 +730,10 @@ mod tests {
     #[test]
     fn a_z_channel_mismatch_folds_the_quantiser_convs() {
         use candle_core::Module;
-        let image_config = nano("DI8x8");
-        let image: HashMap<String, Tensor> =
-            Parameters::initialised(&image_config, 1, &Device::Cpu)
-                .unwrap()
-                .snapshot()
-                .unwrap()
-                .into_iter()
-                .collect();
         let video = nano("DV8x8x8");
-        assert_ne!(image_config.z_channels, video.z_channels);
-        let fresh = Parameters::initialised(&video, 2, &Device::Cpu)
-            .unwrap()
-            .snapshot()
-            .unwrap();
-        let w = inflate_image_weights(&image, &video, &fresh)
-            .unwrap()
-            .weights;
+        assert_ne!(nano("DI8x8").z_channels, video.z_channels);
+        let (image, inflated) = inflate("DI8x8", &video);
+        let w = inflated.weights;
         let conv = |x: &Tensor, weight: &Tensor, bias: &Tensor, pad: usize| {
             let weight = if weight.rank() == 5 {
                 weight.squeeze(2).unwrap()
@@ -819,7 +774,7 @@ mod tests {
             &w["quant_conv.conv3d.bias"],
             0,
         );
-        assert!(max_difference(&image_latent, &video_latent) < 1e-4);
+        assert!(max_abs_diff(&image_latent, &video_latent) < 1e-4);
 
         let latent = random(&[1, 6, 6, 6], 10);
         let image_out = conv(
@@ -845,7 +800,7 @@ mod tests {
             1,
         );
         let inner = |t: &Tensor| t.narrow(2, 1, 4).unwrap().narrow(3, 1, 4).unwrap();
-        assert!(max_difference(&inner(&image_out), &inner(&video_out)) < 1e-4);
+        assert!(max_abs_diff(&inner(&image_out), &inner(&video_out)) < 1e-4);
     }
 
     /// An image network of another width, or a video checkpoint, is refused with a message
@@ -853,20 +808,12 @@ mod tests {
     #[test]
     fn a_mismatched_checkpoint_is_refused_with_a_reason() {
         let video = nano("CV8x8x8");
-        let fresh = Parameters::initialised(&video, 2, &Device::Cpu)
-            .unwrap()
-            .snapshot()
-            .unwrap();
+        let fresh = weights(&video, 2);
         let wide = NetworkConfig {
             channels: 64,
             ..nano("CI8x8")
         };
-        let image: HashMap<String, Tensor> = Parameters::initialised(&wide, 1, &Device::Cpu)
-            .unwrap()
-            .snapshot()
-            .unwrap()
-            .into_iter()
-            .collect();
+        let image: HashMap<String, Tensor> = weights(&wide, 1).into_iter().collect();
         let err = inflate_image_weights(&image, &video, &fresh)
             .err()
             .expect("a 64-wide image network cannot start a 32-wide video one")

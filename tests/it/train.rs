@@ -217,15 +217,17 @@ fn cancelling_saves_a_checkpoint_that_resumes() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// Runs the tokenscope binary with `args`.
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tokenscope"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_train_command_writes_a_loadable_model_and_names_bad_input() {
     let out = scratch("cli");
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_tokenscope"))
-            .args(args)
-            .output()
-            .unwrap()
-    };
     let data = format!("{}@0-40", demo().display());
     let result = run(&[
         "train",
@@ -300,12 +302,6 @@ fn the_train_command_inflates_an_image_model_into_a_video_network() {
     let out = scratch("inflate");
     let image_model =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models/tokenscope-nano-CI8x8");
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_tokenscope"))
-            .args(args)
-            .output()
-            .unwrap()
-    };
     let data = format!("{}@0-40", demo().display());
     let common = [
         "--data",
