@@ -1,11 +1,13 @@
-//! Starting a video network from a trained image network of the same width ("inflation", as
-//! MAGVIT-v2 and Cosmos start video training from image weights).
+//! Starting a video network from a trained image network of the same width ("inflation", as I3D
+//! started video classifiers from image ones).
 //!
 //! The 3-D factorized network is the 2-D one with a temporal half after every spatial conv, a
 //! temporal attention after the spatial one and hybrid resamplers. Inflated, it computes on every
-//! frame what the image network computes on that frame, apart from the normalisation: video
-//! networks normalise each frame with one group (GroupNorm(1)), image networks with 32 groups,
-//! which no weight can reproduce, so a fine-tune follows. Concretely:
+//! frame what the image network computes on that frame, apart from the normalisation (video
+//! networks normalise each frame with one group, GroupNorm(1), image networks with 32 groups,
+//! which no weight can reproduce) and, where the two upsample at different decoder levels (8x8x8:
+//! level 1 against the image's level 2), the resolution one level runs at; a fine-tune follows.
+//! Concretely:
 //! - spatial halves, pointwise convs, norms and the spatial attention take the image tensors;
 //! - temporal halves start as identities (the current frame's tap), the temporal attention's
 //!   output projection as zero (a residual no-op), temporal resamplers as their pooling paths;
