@@ -312,36 +312,37 @@ impl Plan {
         let Some(source) = image.get(&key) else {
             return Ok(None);
         };
-        let mut array = source.clone();
-        match name {
-            "encoder.conv_in.0.conv3d.weight" => {
-                array = self.scatter_haar_inputs(source, shape);
-            }
+        Ok(Some(match name {
+            "encoder.conv_in.0.conv3d.weight" => self.scatter_haar_inputs(source, shape),
             "decoder.conv_out.0.conv3d.weight" | "decoder.conv_out.0.conv3d.bias" => {
-                array = self.scatter_haar_outputs(source, shape);
+                self.scatter_haar_outputs(source, shape)
             }
             _ => {
+                let mut array = source.clone();
                 if array.values.len() == shape.iter().product::<usize>() {
                     // A 2-D kernel is a 3-D one with one temporal tap.
                     array.shape = shape.to_vec();
                 }
+                array
             }
-        }
-        Ok(Some(array))
+        }))
     }
 
     fn scatter_haar_inputs(&self, source: &Array, shape: &[usize]) -> Array {
         let mut out = Array::zeros(shape);
         let (in_channels, taps) = (source.shape[1], source.taps());
-        let (row, out_taps) = (out.row(), out.taps());
+        let row = out.row();
+        if taps != out.taps() {
+            return out;
+        }
         for o in 0..source.shape[0].min(shape[0]) {
             for i in 0..in_channels {
                 let v = video_haar_channel(i, self.haar_levels);
-                if v >= shape[1] || taps != out_taps {
+                if v >= shape[1] {
                     continue;
                 }
                 let from = o * source.row() + i * taps;
-                let to = o * row + v * out_taps;
+                let to = o * row + v * taps;
                 out.values[to..to + taps].copy_from_slice(&source.values[from..from + taps]);
             }
         }
@@ -364,72 +365,67 @@ impl Plan {
         out
     }
 
-    /// `conv1` (spatial): the image's stride-2 conv minus the 2x2 average pool the hybrid module
-    /// adds (taps (0,0), (0,1), (1,0), (1,1) of the 3x3 window), or zero (pool only) where the
-    /// image has no downsampler at this level; `conv2` (temporal): zero, leaving the pool;
-    /// `conv3`: identity.
+    /// Downsampler: `conv1` (spatial) is the image's stride-2 conv less the 2x2 average pool the
+    /// hybrid module adds (taps (0,0), (0,1), (1,0), (1,1) of the 3x3 window), or zero (pool
+    /// only) where the image has no downsampler at this level.
     fn downsampler(&self, name: &str, shape: &[usize], image: &HashMap<String, Array>) -> Array {
-        let is_bias = name.ends_with(".bias");
-        if name.contains(".conv1.") {
-            let level = level_of(name, "encoder.down.").unwrap_or(usize::MAX);
-            let suffix = if is_bias { "bias" } else { "weight" };
-            let key = format!("encoder.down.{level}.downsample.conv.{suffix}");
-            if let Some(source) = image.get(&key) {
-                let mut array = Array {
-                    shape: shape.to_vec(),
-                    values: source.values.clone(),
-                };
-                if array.values.len() == shape.iter().product::<usize>() {
-                    if !is_bias {
-                        for tap in [0, 1, 3, 4] {
-                            array.add_to_diagonal(tap, -0.25);
-                        }
-                    }
-                    return array;
-                }
-            }
-            return Array::zeros(shape);
-        }
-        if name.contains(".conv3.") && !is_bias {
-            return identity(shape);
-        }
-        Array::zeros(shape)
+        let level = level_of(name, "encoder.down.").unwrap_or(usize::MAX);
+        let image_conv = format!("encoder.down.{level}.downsample.conv.");
+        let pool = [(0, 0.25), (1, 0.25), (3, 0.25), (4, 0.25)];
+        hybrid_resampler(name, shape, image, ".conv1.", Some(image_conv), &pool)
     }
 
-    /// `conv2` (spatial, residual): the image's post-upsampling conv minus the identity the
-    /// hybrid module adds, or zero where the image has no upsampler at this position; `conv1`
-    /// (temporal, residual): zero; `conv3`: identity.
+    /// Upsampler: `conv2` (spatial, residual) is the image's post-upsampling conv less the
+    /// identity the hybrid module adds, or zero where the image has no upsampler at this position.
     fn upsampler(&self, name: &str, shape: &[usize], image: &HashMap<String, Array>) -> Array {
-        let is_bias = name.ends_with(".bias");
-        if name.contains(".conv2.") {
-            let level = level_of(name, "decoder.up.").unwrap_or(usize::MAX);
-            let image_level = self
-                .upsamplers
-                .iter()
-                .find(|(l, _)| *l == level)
-                .and_then(|(_, image_level)| *image_level);
-            let suffix = if is_bias { "bias" } else { "weight" };
-            if let Some(source) = image_level
-                .and_then(|l| image.get(&format!("decoder.up.{l}.upsample.conv.{suffix}")))
-            {
+        let level = level_of(name, "decoder.up.").unwrap_or(usize::MAX);
+        let image_conv = self
+            .upsamplers
+            .iter()
+            .find(|(l, _)| *l == level)
+            .and_then(|(_, image_level)| *image_level)
+            .map(|l| format!("decoder.up.{l}.upsample.conv."));
+        hybrid_resampler(name, shape, image, ".conv2.", image_conv, &[(4, 1.0)])
+    }
+}
+
+/// One tensor of a hybrid resampler. Its spatial conv (`spatial_conv`: `.conv1.` when
+/// downsampling, `.conv2.` when upsampling) takes the image conv whose keys start with
+/// `image_conv`, less `own_path` (the per-channel taps and weights of the path the module adds
+/// around the conv), or zero where there is none; the temporal conv starts at zero (leaving the
+/// module's own pooling or repeat) and `conv3` as the identity.
+fn hybrid_resampler(
+    name: &str,
+    shape: &[usize],
+    image: &HashMap<String, Array>,
+    spatial_conv: &str,
+    image_conv: Option<String>,
+    own_path: &[(usize, f32)],
+) -> Array {
+    let is_bias = name.ends_with(".bias");
+    if name.contains(spatial_conv) {
+        let suffix = if is_bias { "bias" } else { "weight" };
+        let source = image_conv.and_then(|prefix| image.get(&format!("{prefix}{suffix}")));
+        return match source {
+            Some(source) if source.values.len() == shape.iter().product::<usize>() => {
                 let mut array = Array {
                     shape: shape.to_vec(),
                     values: source.values.clone(),
                 };
-                if array.values.len() == shape.iter().product::<usize>() {
-                    if !is_bias {
-                        array.add_to_diagonal(4, -1.0);
+                if !is_bias {
+                    for &(tap, weight) in own_path {
+                        array.add_to_diagonal(tap, -weight);
                     }
-                    return array;
                 }
+                array
             }
-            return Array::zeros(shape);
-        }
-        if name.contains(".conv3.") && !is_bias {
-            return identity(shape);
-        }
-        Array::zeros(shape)
+            _ => Array::zeros(shape),
+        };
     }
+    if name.contains(".conv3.") && !is_bias {
+        return identity(shape);
+    }
+    Array::zeros(shape)
 }
 
 /// The temporal `(3,1,1)` half of a factorized conv (`….1.conv3d.*` outside the resamplers and
