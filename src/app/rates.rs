@@ -3,7 +3,7 @@
 //! rate–distortion chart.
 
 use egui::{Color32, RichText, Ui};
-use egui_plot::{Plot, PlotPoints, Points};
+use egui_plot::{HoverPosition, Plot, PlotPoints, Points};
 
 use super::command::Command;
 use super::metrics_panel::series_color;
@@ -223,17 +223,33 @@ pub fn rates_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
          dtype the model runs in (f32: 32 a value, bf16: 16, as NVIDIA's published points)",
     );
     // No legend: the table above names the colours, and hovering a point names it too.
+    // The rates span 0.03 to 8 bits per pixel: on a linear axis every discrete model sits on
+    // the y axis, so x is log2 of the rate, one grid line per power of two.
     Plot::new("rate distortion")
         .height(ui.available_height().clamp(100.0, 220.0))
-        .x_axis_label("bits per pixel")
+        .x_axis_label("bits per pixel (log scale)")
         .y_axis_label("clip PSNR (dB)")
+        .x_grid_spacer(egui_plot::uniform_grid_spacer(|_| [1.0, 2.0, 4.0]))
+        .x_axis_formatter(|mark, _| rate_axis_label(mark.value))
+        .label_formatter(|hover| match hover {
+            HoverPosition::NearDataPoint {
+                plot_name,
+                position,
+                ..
+            } => Some(format!(
+                "{plot_name}\n{:.4} bits/px · {:.2} dB",
+                position.x.exp2(),
+                position.y
+            )),
+            HoverPosition::Elsewhere { .. } => None,
+        })
         .show(ui, |plot| {
             // NVIDIA's published TokenBench figures, for orientation (their clips, not yours).
             for r in PUBLISHED_TOKENBENCH {
                 plot.points(
                     Points::new(
                         format!("{} {} · TokenBench (published)", r.name, r.compression),
-                        PlotPoints::from(vec![[r.bits_per_pixel(), r.psnr]]),
+                        PlotPoints::from(vec![[r.bits_per_pixel().log2(), r.psnr]]),
                     )
                     .shape(egui_plot::MarkerShape::Diamond)
                     .filled(false)
@@ -245,13 +261,27 @@ pub fn rates_ui(app: &ViewerApp, ui: &mut Ui, out: &mut Vec<Command>) {
                 plot.points(
                     Points::new(
                         a.model.name.clone(),
-                        PlotPoints::from(vec![[a.bits_per_pixel, a.summary.psnr_clip]]),
+                        PlotPoints::from(vec![[a.bits_per_pixel.log2(), a.summary.psnr_clip]]),
                     )
                     .radius(5.0)
                     .color(series_color(&a.model.name)),
                 );
             }
         });
+}
+
+/// The rate axis's tick at `log2_rate`: the rate itself at powers of two (`1/32` below one bit,
+/// `8` above), nothing between them.
+fn rate_axis_label(log2_rate: f64) -> String {
+    let power = log2_rate.round();
+    if (log2_rate - power).abs() > 1e-6 {
+        return String::new();
+    }
+    if power >= 0.0 {
+        format!("{}", power.exp2())
+    } else {
+        format!("1/{}", (-power).exp2())
+    }
 }
 
 /// One published TokenBench leaderboard row (NVlabs/TokenBench README).
@@ -321,3 +351,17 @@ const PUBLISHED_TOKENBENCH: [PublishedResult; 6] = [
         psnr: 33.718,
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_rate_axis_labels_powers_of_two_with_their_rates() {
+        let labels: Vec<String> = [-5.0, -1.0, 0.0, 3.0, 0.5, -2.3]
+            .into_iter()
+            .map(rate_axis_label)
+            .collect();
+        assert_eq!(labels, ["1/32", "1/2", "1", "8", "", ""]);
+    }
+}
