@@ -107,6 +107,10 @@ pub struct TrainArgs {
     /// colours otherwise trains luminance first and colour thousands of steps later. 0 for none.
     #[arg(long, default_value_t = 0.0)]
     chroma_weight: f64,
+    /// Weight of a mean-squared-error term, the measure PSNR is made of; a late stage with it
+    /// raises PSNR that L1 alone leaves (L1 spends little on the few large errors). 0 for none.
+    #[arg(long, default_value_t = 0.0)]
+    mse_weight: f64,
     /// Override the recipe's term weights.
     #[arg(long)]
     perceptual_weight: Option<f64>,
@@ -215,6 +219,7 @@ fn loss_weights(args: &TrainArgs) -> LossWeights {
         Recipe::Stage2 => LossWeights::stage2(args.steps),
     };
     weights.chroma = args.chroma_weight;
+    weights.mse = args.mse_weight;
     if let Some(w) = args.perceptual_weight {
         weights.perceptual = w;
     }

@@ -86,14 +86,23 @@ pub fn model_card(state: &TrainState) -> String {
     );
 
     let _ = writeln!(out, "## Recipe\n");
+    // Terms Tokenscope adds, so a card never passes them off as the Cosmos recipe.
+    let added: Vec<&str> = [(s.losses.chroma, "chroma"), (s.losses.mse, "MSE")]
+        .into_iter()
+        .filter(|(weight, _)| *weight > 0.0)
+        .map(|(_, name)| name)
+        .collect();
+    let origin = match added.as_slice() {
+        [] => "the Cosmos recipe".to_string(),
+        [one] => format!("the Cosmos recipe plus Tokenscope's {one} term"),
+        many => format!(
+            "the Cosmos recipe plus Tokenscope's {} terms",
+            many.join(" and ")
+        ),
+    };
     let _ = writeln!(
         out,
-        "- Loss ({}): {}.",
-        if s.losses.chroma > 0.0 {
-            "the Cosmos recipe plus Tokenscope's chroma term"
-        } else {
-            "the Cosmos recipe"
-        },
+        "- Loss ({origin}): {}.",
         s.losses.describe(s.vgg19.is_some())
     );
     if c.family.is_discrete() {

@@ -18,6 +18,11 @@ pub struct LossWeights {
     /// muted colours plain L1 learns luminance first and colour thousands of steps later.
     #[serde(default)]
     pub chroma: f64,
+    /// Mean squared error, the measure PSNR is made of: L1 spends little on the few large errors
+    /// (edges, fine texture) that dominate the squared error, so a late stage with this term buys
+    /// PSNR that L1 alone leaves.
+    #[serde(default)]
+    pub mse: f64,
     #[serde(default)]
     pub perceptual: f64,
     #[serde(default)]
@@ -37,6 +42,7 @@ impl Default for LossWeights {
         Self {
             l1: 1.0,
             chroma: 0.0,
+            mse: 0.0,
             perceptual: 0.1,
             gram: 0.0,
             flow: 0.0,
@@ -52,6 +58,7 @@ impl LossWeights {
         Self {
             l1: 1.0,
             chroma: 0.0,
+            mse: 0.0,
             perceptual: 0.1,
             gram: 0.1,
             flow: 0.2,
@@ -73,6 +80,9 @@ impl LossWeights {
         let mut terms = vec![format!("L1 x{}", self.l1)];
         if self.chroma > 0.0 {
             terms.push(format!("chroma L1 x{}", self.chroma));
+        }
+        if self.mse > 0.0 {
+            terms.push(format!("MSE x{}", self.mse));
         }
         let vgg_state = |w: f64, name: &str| {
             if w <= 0.0 {
@@ -105,6 +115,8 @@ pub struct LossParts {
     #[serde(default)]
     pub chroma: f64,
     #[serde(default)]
+    pub mse: f64,
+    #[serde(default)]
     pub perceptual: f64,
     #[serde(default)]
     pub gram: f64,
@@ -128,6 +140,11 @@ pub struct LossContext<'a> {
 /// Mean absolute error.
 pub fn l1(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     (x - y)?.abs()?.mean_all()
+}
+
+/// Mean squared error.
+pub fn mse(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    (x - y)?.sqr()?.mean_all()
 }
 
 /// Mean absolute chroma error: the error with its mean over the colour channels (dimension 1 of
@@ -159,6 +176,11 @@ pub fn total_loss(
         let term = chroma_l1(input, reconstruction)?;
         parts.chroma = scalar(&term)?;
         total = (total + (term * weights.chroma)?)?;
+    }
+    if weights.mse > 0.0 {
+        let term = mse(input, reconstruction)?;
+        parts.mse = scalar(&term)?;
+        total = (total + (term * weights.mse)?)?;
     }
     if let (Some(net), true) = (context.vgg, weights.needs_vgg()) {
         let real = net.features(&discriminator::frames_of(input)?)?;
@@ -219,5 +241,43 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!((colour - 0.4 / 3.0).abs() < 1e-6, "{colour}");
+    }
+
+    #[test]
+    fn the_mse_term_prefers_many_small_errors_to_one_large_error_of_the_same_l1() {
+        let device = Device::Cpu;
+        let input = Tensor::zeros((1, 3, 2, 2), candle_core::DType::F32, &device).unwrap();
+        // Both miss by 1.2 in total: spread over all twelve values, or all in one.
+        let spread = (&input + 0.1).unwrap();
+        let mut peak = vec![0f32; 12];
+        peak[5] = 1.2;
+        let peak = Tensor::from_vec(peak, (1, 3, 2, 2), &device).unwrap();
+        let context = LossContext {
+            vgg: None,
+            discriminator: None,
+            step: 0,
+        };
+        let l1_only = LossWeights {
+            perceptual: 0.0,
+            ..LossWeights::default()
+        };
+        let with_mse = LossWeights {
+            mse: 10.0,
+            ..l1_only
+        };
+        let (_, spread_l1) = total_loss(&input, &spread, &l1_only, &context).unwrap();
+        let (_, peak_l1) = total_loss(&input, &peak, &l1_only, &context).unwrap();
+        assert!((spread_l1.total - peak_l1.total).abs() < 1e-6);
+        let (_, spread_parts) = total_loss(&input, &spread, &with_mse, &context).unwrap();
+        let (_, peak_parts) = total_loss(&input, &peak, &with_mse, &context).unwrap();
+        // Mean squared error: 0.01 for the spread miss, 1.44 / 12 = 0.12 for the single one.
+        assert!(
+            (spread_parts.mse - 0.01).abs() < 1e-6,
+            "{}",
+            spread_parts.mse
+        );
+        assert!((peak_parts.mse - 0.12).abs() < 1e-6, "{}", peak_parts.mse);
+        assert!((peak_parts.total - (0.1 + 10.0 * 0.12)).abs() < 1e-5);
+        assert!(peak_parts.total > spread_parts.total);
     }
 }

@@ -251,15 +251,18 @@ fn the_train_command_writes_a_loadable_model_and_names_bad_input() {
         "96",
         "--chroma-weight",
         "2",
+        "--mse-weight",
+        "5",
     ]);
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success(), "{stderr}");
     assert!(stderr.contains("val PSNR"), "{stderr}");
-    // The chroma term is on, logged, and the card does not pass it off as the Cosmos recipe.
-    assert!(stderr.contains("chroma L1 x2"), "{stderr}");
+    // The chroma and MSE terms are on, logged, and the card does not pass them off as the
+    // Cosmos recipe.
+    assert!(stderr.contains("chroma L1 x2, MSE x5"), "{stderr}");
     let card = std::fs::read_to_string(out.join("MODEL_CARD.md")).unwrap();
     assert!(
-        card.contains("the Cosmos recipe plus Tokenscope's chroma term"),
+        card.contains("the Cosmos recipe plus Tokenscope's chroma and MSE terms"),
         "{card}"
     );
     let info = run(&["info", "-m", out.to_str().unwrap()]);
